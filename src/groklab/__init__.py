@@ -1,0 +1,48 @@
+"""groklab: a laboratory for the science of grokking."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from groklab.api import train  # noqa: E402
+from groklab.config import (  # noqa: E402
+    DataConfig,
+    ModelConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    load_config,
+)
+from groklab.errors import (  # noqa: E402
+    CheckpointError,
+    ConfigError,
+    GroklabError,
+    RunExistsError,
+    RunLockedError,
+    RunNotFoundError,
+)
+from groklab.presets import PRESETS, get_preset  # noqa: E402
+from groklab.run import Run, load_run  # noqa: E402
+
+__all__ = [
+    "PRESETS",
+    "CheckpointError",
+    "ConfigError",
+    "DataConfig",
+    "GroklabError",
+    "ModelConfig",
+    "OptimConfig",
+    "Run",
+    "RunConfig",
+    "RunExistsError",
+    "RunLockedError",
+    "RunNotFoundError",
+    "TrainConfig",
+    "__version__",
+    "apply_overrides",
+    "get_preset",
+    "load_config",
+    "load_run",
+    "train",
+]

@@ -1,0 +1,167 @@
+"""The ``groklab`` command line (typer).
+
+Bad input (a :class:`~groklab.errors.GroklabError`) is answered with one line on stderr and exit
+code 2; nothing on disk is touched.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from groklab.errors import GroklabError
+
+app = typer.Typer(
+    name="groklab",
+    help="A laboratory for grokking: train, watch and take apart small networks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return "never"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _print_summary(run_path: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(run_path)
+    s = run.summary()
+    m = run.manifest
+    t = Table(title=f"{run.config.name}  ({run_path})", show_header=False, title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("status", str(m.get("status")))
+    t.add_row("steps", _fmt(s.get("final_step")))
+    t.add_row("memorised (train acc ≥ 99%) at step", _fmt(s.get("memorisation_step")))
+    t.add_row("grokked (test acc ≥ 99%) at step", _fmt(s.get("grokking_step")))
+    for name, step in (s.get("grokking_step_by_subset") or {}).items():
+        t.add_row(f"  {name} ≥ 99% at step", _fmt(step))
+    for k, v in s.get("final", {}).items():
+        t.add_row(f"final {k}", f"{v:.4%}" if k.endswith("/acc") else f"{v:.4g}")
+    if m.get("wall_seconds") is not None:
+        sps = m.get("seconds_per_step")
+        t.add_row(
+            "wall time",
+            f"{m['wall_seconds']:.1f} s"
+            + (f"  ({sps * 1000:.1f} ms/step on {m.get('device')})" if sps else ""),
+        )
+    t.add_row("split hash / seed", f"{m.get('split_hash')} / {m.get('seed')}")
+    console.print(t)
+
+
+@app.command()
+def train(
+    preset: Annotated[
+        Optional[str], typer.Option("--preset", "-p", help="start from a named preset")
+    ] = None,
+    config: Annotated[
+        Optional[Path], typer.Option("--config", "-c", help="start from a config TOML file")
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option("--set", "-s", help="override a field: section.key=value (repeatable)"),
+    ] = None,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>)")
+    ] = None,
+    resume: Annotated[
+        Optional[Path], typer.Option("--resume", help="continue the run in this directory")
+    ] = None,
+    device: Annotated[
+        Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Train a model (a preset, a config file, or defaults = the nanda2023 run)."""
+    from groklab.config import apply_overrides, load_config
+    from groklab.presets import get_preset
+    from groklab.run import load_run
+    from groklab.train.loop import run_training
+
+    try:
+        if resume is not None:
+            if preset or config or set_ or out:
+                _fail("--resume takes the run's own config; drop --preset/--config/--set/--out")
+            run = load_run(resume)
+            if run.status == "completed":
+                console.print(f"{resume}: already completed; nothing to do")
+                _print_summary(resume)
+                return
+            run_training(run.config, resume, resume=True, progress=not quiet)
+            _print_summary(resume)
+            return
+        if preset and config:
+            _fail("give --preset or --config, not both")
+        cfg = get_preset(preset) if preset else load_config(config) if config else get_preset(
+            "nanda2023"
+        )
+        overrides = list(set_ or [])
+        if device:
+            overrides.append(f"train.device={device}")
+        cfg = apply_overrides(cfg, overrides)
+        path = out or Path("runs") / cfg.name
+        run_training(cfg, path, progress=not quiet)
+        _print_summary(path)
+    except GroklabError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        err_console.print("interrupted; continue with `groklab train --resume DIR`")
+        raise typer.Exit(130) from None
+
+
+@app.command()
+def presets() -> None:
+    """List the presets with a one-line description each."""
+    from groklab.presets import PRESETS
+
+    t = Table("preset", "description")
+    for p in PRESETS.values():
+        t.add_row(p.name, p.description)
+    console.print(t)
+
+
+@app.command()
+def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> None:
+    """Config, status, memorisation and grokking steps, and final metrics of a run."""
+    from groklab.config import save_config
+    from groklab.run import load_run
+
+    try:
+        run = load_run(run_dir)
+        console.print(f"[bold]config[/] ({run_dir / 'config.toml'})")
+        console.print(save_config(run.config), highlight=False, markup=False)
+        _print_summary(run_dir)
+    except GroklabError as e:
+        _fail(str(e))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except GroklabError as e:  # pragma: no cover - commands catch their own
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,481 @@
+"""Frozen run configuration: dataclasses, validation, TOML round trip, dotted overrides.
+
+One :class:`RunConfig` flows through a run. It is never mutated: derive new configs with
+:func:`dataclasses.replace` or :func:`apply_overrides`. Every ``__post_init__`` validates its
+own fields and raises :class:`~groklab.errors.ConfigError` with a one-line message that names
+the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import tomli_w
+
+from groklab.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on 3.10
+    import tomli as tomllib
+
+__all__ = [
+    "DataConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "config_from_dict",
+    "config_to_dict",
+    "load_config",
+    "save_config",
+]
+
+OPERATIONS = ("add", "sub", "mul", "div", "quad")
+TASKS = ("modular",)
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    return all(n % k for k in range(2, math.isqrt(n) + 1))
+
+
+def _choice(section: str, name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(
+            f"{section}.{name}={value!r} is not allowed; allowed: {', '.join(map(str, allowed))}"
+        )
+
+
+def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> None:
+    if not cond:
+        raise ConfigError(f"{section}.{name}={value!r} is not allowed; must be {allowed}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What to learn: the task, its vocabulary and its train/test split.
+
+    Attributes:
+        task: task family (``modular``).
+        p: modulus; ``mul`` and ``div`` need a prime.
+        operations: one or more of ``add, sub, mul, div, quad`` (quad = a²+ab+b²).
+            Several operations mix in one dataset with an op token: ``[a, op, b, =]``.
+        shares: share of the training set per operation (mixed data); equal when unset.
+        train_fraction: share of all problems used for training, in (0, 1].
+        train_size: number of training problems; overrides ``train_fraction`` when set.
+        split_seed: seed of the local generator that shuffles problems into train/test.
+    """
+
+    task: str = "modular"
+    p: int = 113
+    operations: tuple[str, ...] = ("add",)
+    shares: tuple[float, ...] | None = None
+    train_fraction: float = 0.3
+    train_size: int | None = None
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        s = "data"
+        _choice(s, "task", self.task, TASKS)
+        _check(isinstance(self.p, int) and self.p >= 2, s, "p", self.p, "an integer >= 2")
+        _check(len(self.operations) >= 1, s, "operations", self.operations, "non-empty")
+        for op in self.operations:
+            _choice(s, "operations", op, OPERATIONS)
+        _check(
+            len(set(self.operations)) == len(self.operations),
+            s,
+            "operations",
+            self.operations,
+            "without repeats",
+        )
+        needs_field = [op for op in self.operations if op in ("mul", "div")]
+        if needs_field and not _is_prime(self.p):
+            raise ConfigError(
+                f"data.p={self.p} is not prime; operations {', '.join(needs_field)} need a prime "
+                "modulus (e.g. 113, 97, 59)"
+            )
+        if self.shares is not None:
+            _check(
+                len(self.shares) == len(self.operations),
+                s,
+                "shares",
+                self.shares,
+                f"one share per operation ({len(self.operations)})",
+            )
+            _check(
+                all(x >= 0 for x in self.shares) and abs(sum(self.shares) - 1.0) < 1e-6,
+                s,
+                "shares",
+                self.shares,
+                "non-negative and summing to 1",
+            )
+        _check(
+            0.0 < self.train_fraction <= 1.0,
+            s,
+            "train_fraction",
+            self.train_fraction,
+            "in (0, 1]",
+        )
+        if self.train_size is not None:
+            _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
+        _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The network. Vocabulary sizes and context length come from the task.
+
+    Attributes:
+        arch: ``transformer`` or ``mlp``.
+        n_layers: transformer blocks, or linear layers of the MLP (>= 2).
+        d_model, n_heads, d_head, d_mlp: transformer widths; ``d_mlp`` is the MLP width too.
+        act: ``relu`` or ``gelu``.
+        layernorm: LayerNorm before attention, MLP and unembedding.
+        attn_only: transformer blocks without MLP.
+        init_scale: multiplier on every initial weight (Omnigrok's alpha).
+        mlp_input: MLP only: one-hot inputs ``sum`` (shared embedding) or ``concat``.
+    """
+
+    arch: str = "transformer"
+    n_layers: int = 1
+    d_model: int = 128
+    n_heads: int = 4
+    d_head: int = 32
+    d_mlp: int = 512
+    act: str = "relu"
+    layernorm: bool = False
+    attn_only: bool = False
+    init_scale: float = 1.0
+    mlp_input: str = "sum"
+
+    def __post_init__(self) -> None:
+        s = "model"
+        _choice(s, "arch", self.arch, ("transformer", "mlp"))
+        _choice(s, "act", self.act, ("relu", "gelu"))
+        _choice(s, "mlp_input", self.mlp_input, ("sum", "concat"))
+        for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and v >= 1, s, name, v, "a positive integer")
+        if self.arch == "mlp":
+            _check(self.n_layers >= 2, s, "n_layers", self.n_layers, ">= 2 for arch=mlp")
+        _check(self.init_scale > 0, s, "init_scale", self.init_scale, "> 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimiser, schedule and gradient filters.
+
+    Attributes:
+        name: ``adamw``, ``adam`` or ``sgd``.
+        lr: peak learning rate (> 0).
+        weight_decay: decoupled for AdamW, L2 for Adam/SGD.
+        betas: Adam betas.
+        eps: Adam epsilon.
+        momentum: SGD momentum.
+        warmup_steps: linear warmup ``lr * min(step / warmup_steps, 1)``, then constant.
+        grokfast: gradient filter ``none``, ``ema`` or ``ma`` (Grokfast).
+        grokfast_alpha: EMA decay of the Grokfast-EMA filter.
+        grokfast_lambda: amplification of the slow gradient component.
+        grokfast_window: window of the Grokfast-MA filter.
+        perp_grad: ⊥Grad: remove each tensor's gradient component along its weights.
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-8
+    momentum: float = 0.0
+    warmup_steps: int = 10
+    grokfast: str = "none"
+    grokfast_alpha: float = 0.98
+    grokfast_lambda: float = 2.0
+    grokfast_window: int = 100
+    perp_grad: bool = False
+
+    def __post_init__(self) -> None:
+        s = "optim"
+        _choice(s, "name", self.name, ("adamw", "adam", "sgd"))
+        _check(self.lr > 0 and math.isfinite(self.lr), s, "lr", self.lr, "a finite number > 0")
+        _check(self.weight_decay >= 0, s, "weight_decay", self.weight_decay, ">= 0")
+        _check(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            s,
+            "betas",
+            self.betas,
+            "two numbers in [0, 1)",
+        )
+        _check(self.eps > 0, s, "eps", self.eps, "> 0")
+        _check(0 <= self.momentum < 1, s, "momentum", self.momentum, "in [0, 1)")
+        _check(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
+        _choice(s, "grokfast", self.grokfast, ("none", "ema", "ma"))
+        _check(
+            0 <= self.grokfast_alpha < 1, s, "grokfast_alpha", self.grokfast_alpha, "in [0, 1)"
+        )
+        _check(self.grokfast_lambda >= 0, s, "grokfast_lambda", self.grokfast_lambda, ">= 0")
+        _check(self.grokfast_window >= 1, s, "grokfast_window", self.grokfast_window, ">= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The loop: length, batches, loss, evaluation and checkpoint schedule, device.
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: minibatch size; ``None`` = full batch.
+        loss: ``cross_entropy``, ``mse`` (on one-hot targets) or ``stablemax`` (StableMax CE).
+        loss_dtype: ``float64`` (no slingshot spikes) or ``float32`` for the log-softmax.
+        eval_every: evaluate every named subset every this many steps.
+        checkpoint_every: save weights every this many steps.
+        log_checkpoints: extra log-spaced checkpoints before ``checkpoint_every``.
+        seed: seed of the local generators for init and minibatches.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        stop_test_acc: stop once test accuracy has stayed >= this ...
+        stop_patience: ... for this many steps (``None`` = never stop early).
+        diverge_loss: a train loss above this (or NaN/inf) marks the run diverged.
+    """
+
+    steps: int = 40_000
+    batch_size: int | None = None
+    loss: str = "cross_entropy"
+    loss_dtype: str = "float64"
+    eval_every: int = 100
+    checkpoint_every: int = 100
+    log_checkpoints: int = 0
+    seed: int = 0
+    device: str = "auto"
+    stop_test_acc: float | None = None
+    stop_patience: int = 0
+    diverge_loss: float = 1e6
+
+    def __post_init__(self) -> None:
+        s = "train"
+        _check(self.steps >= 1, s, "steps", self.steps, ">= 1")
+        if self.batch_size is not None:
+            _check(self.batch_size >= 1, s, "batch_size", self.batch_size, ">= 1 or none")
+        _choice(s, "loss", self.loss, ("cross_entropy", "mse", "stablemax"))
+        _choice(s, "loss_dtype", self.loss_dtype, ("float64", "float32"))
+        _check(self.eval_every >= 1, s, "eval_every", self.eval_every, ">= 1")
+        _check(self.checkpoint_every >= 1, s, "checkpoint_every", self.checkpoint_every, ">= 1")
+        _check(self.log_checkpoints >= 0, s, "log_checkpoints", self.log_checkpoints, ">= 0")
+        _check(self.seed >= 0, s, "seed", self.seed, ">= 0")
+        dev_ok = self.device in ("auto", "cpu", "cuda") or (
+            self.device.startswith("cuda:") and self.device[5:].isdigit()
+        )
+        _check(dev_ok, s, "device", self.device, "auto, cpu, cuda or cuda:N")
+        if self.stop_test_acc is not None:
+            _check(
+                0 < self.stop_test_acc <= 1, s, "stop_test_acc", self.stop_test_acc, "in (0, 1]"
+            )
+        _check(self.stop_patience >= 0, s, "stop_patience", self.stop_patience, ">= 0")
+        _check(self.diverge_loss > 0, s, "diverge_loss", self.diverge_loss, "> 0")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a run. Written to ``config.toml`` before step 0."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self) -> None:
+        _check(
+            bool(self.name) and "/" not in self.name, "run", "name", self.name, "a plain name"
+        )
+        for sec, cls in (
+            ("data", DataConfig),
+            ("model", ModelConfig),
+            ("optim", OptimConfig),
+            ("train", TrainConfig),
+        ):
+            if not isinstance(getattr(self, sec), cls):
+                raise ConfigError(f"{sec} must be a {cls.__name__}")
+
+
+# ----------------------------------------------------------------------------- conversion
+
+_SECTIONS = ("data", "model", "optim", "train")
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """A plain, TOML-ready dict (tuples become lists, ``None`` values are left out)."""
+
+    def clean(obj: Any) -> Any:
+        if is_dataclass(obj):
+            return {
+                f.name: clean(getattr(obj, f.name))
+                for f in fields(obj)
+                if getattr(obj, f.name) is not None
+            }
+        if isinstance(obj, tuple | list):
+            return [clean(x) for x in obj]
+        return obj
+
+    return clean(cfg)
+
+
+def _type_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Coerce a parsed TOML/override value to the annotated field type."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if len(args) < len(get_args(tp)):
+                return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as e:
+                errors.append(e)
+        raise errors[0]
+    if origin is tuple:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}={value!r} is not allowed; must be a list")
+        args = get_args(tp)
+        item_tp = args[0]
+        return tuple(_coerce(v, item_tp, where) for v in value)
+    if origin is Literal:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+        raise ConfigError(f"{where}={value!r} is not allowed; must be true or false")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ConfigError(f"{where}={value!r} is not allowed; must be an integer")
+        try:
+            f = float(value)
+        except ValueError:
+            raise ConfigError(f"{where}={value!r} is not allowed; must be an integer") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where}={value!r} is not allowed; must be an integer")
+        return int(f)
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}={value!r} is not allowed; must be a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} is not allowed; must be a number") from None
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}={value!r} is not allowed; must be a string")
+        return value
+    return value
+
+
+def _section_from_dict(cls: type, d: dict[str, Any], section: str) -> Any:
+    hints = _type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(
+            f"unknown key {section}.{unknown[0]}; allowed: {', '.join(sorted(names))}"
+        )
+    kwargs = {k: _coerce(v, hints[k], f"{section}.{k}") for k, v in d.items()}
+    return cls(**kwargs)
+
+
+def config_from_dict(d: dict[str, Any]) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a (TOML-shaped) dict."""
+    allowed = {"name", *_SECTIONS}
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown key {unknown[0]}; allowed: {', '.join(sorted(allowed))}")
+    kwargs: dict[str, Any] = {}
+    if "name" in d:
+        kwargs["name"] = str(d["name"])
+    hints = _type_hints(RunConfig)
+    for sec in _SECTIONS:
+        if sec in d:
+            if not isinstance(d[sec], dict):
+                raise ConfigError(f"{sec} must be a table of keys")
+            kwargs[sec] = _section_from_dict(hints[sec], d[sec], sec)
+    return RunConfig(**kwargs)
+
+
+def save_config(cfg: RunConfig) -> str:
+    """The config as TOML text."""
+    return tomli_w.dumps(config_to_dict(cfg))
+
+
+def load_config(path: str | Path) -> RunConfig:
+    """Read a config TOML file (a run's ``config.toml`` or a user's file)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+    return config_from_dict(d)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """Apply ``section.key=value`` overrides (values parsed as TOML, else as strings).
+
+    Raises:
+        ConfigError: for a malformed override, an unknown key, or a value not allowed.
+    """
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} is not of the form section.key=value")
+        key, text = ov.split("=", 1)
+        key = key.strip()
+        value = _parse_value(text.strip())
+        if key == "name":
+            cfg = replace(cfg, name=str(value))
+            continue
+        if "." not in key:
+            raise ConfigError(
+                f"unknown key {key!r}; use section.key with section one of {', '.join(_SECTIONS)}"
+            )
+        sec, name = key.split(".", 1)
+        if sec not in _SECTIONS:
+            raise ConfigError(f"unknown key {key!r}; sections: {', '.join(_SECTIONS)}")
+        section = getattr(cfg, sec)
+        names = [f.name for f in fields(section)]
+        if name not in names:
+            raise ConfigError(f"unknown key {key!r}; allowed: {', '.join(names)}")
+        hint = _type_hints(type(section))[name]
+        new_section = replace(section, **{name: _coerce(value, hint, key)})
+        cfg = replace(cfg, **{sec: new_section})
+    return cfg
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """A short stable hash of the config (identity of a run)."""
+    import hashlib
+
+    return hashlib.sha256(save_config(cfg).encode()).hexdigest()[:16]
+

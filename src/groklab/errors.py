@@ -1,0 +1,39 @@
+"""Typed exceptions. Every one carries a one-line message naming the bad field or file.
+
+The CLI turns any :class:`GroklabError` into that one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "GroklabError",
+    "RunExistsError",
+    "RunLockedError",
+    "RunNotFoundError",
+]
+
+
+class GroklabError(Exception):
+    """Base class: bad input answered with one line and no damage on disk."""
+
+
+class ConfigError(GroklabError, ValueError):
+    """A config value (or override, preset, task, operation) is not allowed."""
+
+
+class CheckpointError(GroklabError):
+    """A checkpoint file is missing, corrupt, or from a different model."""
+
+
+class RunExistsError(GroklabError):
+    """The target run directory already holds a (different) run."""
+
+
+class RunLockedError(GroklabError):
+    """Another process holds the run directory open for writing."""
+
+
+class RunNotFoundError(GroklabError):
+    """The path is not a groklab run directory."""
