@@ -154,6 +154,11 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
         _fail(str(e))
 
 
+from groklab.commands import register_all  # noqa: E402
+
+register_all(app)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -305,10 +305,15 @@ def run_training(
     out = Path(out)
     if resume:
         store, config = RunStore.open_existing(out)
+        task = None
     else:
+        # Build the task first: a config the task rejects must not leave a directory behind.
+        task = build_task(config.data)
         store = RunStore.create(out, config)
     try:
-        return _train(store, config, resume=resume, progress=progress, init_state=init_state)
+        return _train(
+            store, config, task=task, resume=resume, progress=progress, init_state=init_state
+        )
     finally:
         store.close()
 
@@ -317,6 +322,7 @@ def _train(
     store: RunStore,
     config: RunConfig,
     *,
+    task: Task | None,
     resume: bool,
     progress: bool,
     init_state: dict[str, torch.Tensor] | None,
@@ -324,7 +330,7 @@ def _train(
     tc = config.train
     device = resolve_device(tc.device)
     chash = config_hash(config)
-    task = build_task(config.data)
+    task = task if task is not None else build_task(config.data)
     model = build_model(config.model, task, seed=tc.seed)
     if init_state is not None:
         model.load_state_dict(init_state, strict=True)
