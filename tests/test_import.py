@@ -1,0 +1,239 @@
+"""`groklab import`: published and TransformerLens layouts give the same logits in groklab."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import groklab
+from groklab.analysis import fourier as fr
+from groklab.analysis.importer import analysis_task, import_checkpoint, published_split
+from groklab.cli import app
+from groklab.errors import CheckpointError
+
+P, D_MODEL, HEADS, D_HEAD, D_MLP = 7, 8, 2, 4, 16
+
+
+def _all_inputs(p: int = P) -> torch.Tensor:
+    a, b = torch.meshgrid(torch.arange(p), torch.arange(p), indexing="ij")
+    return torch.stack([a.flatten(), b.flatten(), torch.full((p * p,), p)], dim=1)
+
+
+def _published_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in the published progress-measures layout."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) / math.sqrt(D_MODEL)
+
+    d_vocab = P + 1
+    return {
+        "embed.W_E": r(D_MODEL, d_vocab),
+        "pos_embed.W_pos": r(3, D_MODEL),
+        "blocks.0.attn.W_K": r(HEADS, D_HEAD, D_MODEL),
+        "blocks.0.attn.W_Q": r(HEADS, D_HEAD, D_MODEL),
+        "blocks.0.attn.W_V": r(HEADS, D_HEAD, D_MODEL),
+        "blocks.0.attn.W_O": r(D_MODEL, HEADS * D_HEAD),
+        "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)),
+        "blocks.0.mlp.W_in": r(D_MLP, D_MODEL),
+        "blocks.0.mlp.b_in": r(D_MLP),
+        "blocks.0.mlp.W_out": r(D_MODEL, D_MLP),
+        "blocks.0.mlp.b_out": r(D_MODEL),
+        "unembed.W_U": r(D_MODEL, d_vocab),
+    }
+
+
+def _published_forward(sd: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """A direct implementation of the published layout: logits at the last position."""
+    x = sd["embed.W_E"][:, tokens]  # [d, batch, pos]
+    x = torch.einsum("dbp->bpd", x) + sd["pos_embed.W_pos"][: tokens.shape[1]]
+    k = torch.einsum("ihd,bpd->biph", sd["blocks.0.attn.W_K"], x)
+    q = torch.einsum("ihd,bpd->biph", sd["blocks.0.attn.W_Q"], x)
+    v = torch.einsum("ihd,bpd->biph", sd["blocks.0.attn.W_V"], x)
+    scores = torch.einsum("biph,biqh->biqp", k, q)
+    n = tokens.shape[1]
+    mask = torch.tril(torch.ones(n, n))
+    scores = torch.tril(scores) - 1e10 * (1 - mask)
+    pattern = torch.softmax(scores / math.sqrt(D_HEAD), dim=-1)
+    z = torch.einsum("biph,biqp->biqh", v, pattern)
+    z_flat = z.permute(0, 2, 1, 3).reshape(z.shape[0], n, -1)  # b i q h -> b q (i h)
+    x = x + torch.einsum("df,bqf->bqd", sd["blocks.0.attn.W_O"], z_flat)
+    pre = torch.einsum("md,bpd->bpm", sd["blocks.0.mlp.W_in"], x) + sd["blocks.0.mlp.b_in"]
+    x = x + torch.einsum("dm,bpm->bpd", sd["blocks.0.mlp.W_out"], torch.relu(pre))
+    x = x + sd["blocks.0.mlp.b_out"]
+    return (x @ sd["unembed.W_U"])[:, -1]
+
+
+def _tl_state_dict(seed: int = 1, *, b_q: float = 0.0) -> dict[str, torch.Tensor]:
+    """Random weights in the TransformerLens layout, p output classes, non-zero b_V/b_O."""
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape):
+        return torch.randn(*shape, generator=g) / math.sqrt(D_MODEL)
+
+    return {
+        "embed.W_E": r(P + 1, D_MODEL),
+        "pos_embed.W_pos": r(3, D_MODEL),
+        "blocks.0.attn.W_Q": r(HEADS, D_MODEL, D_HEAD),
+        "blocks.0.attn.W_K": r(HEADS, D_MODEL, D_HEAD),
+        "blocks.0.attn.W_V": r(HEADS, D_MODEL, D_HEAD),
+        "blocks.0.attn.W_O": r(HEADS, D_HEAD, D_MODEL),
+        "blocks.0.attn.b_Q": torch.full((HEADS, D_HEAD), b_q),
+        "blocks.0.attn.b_K": torch.zeros(HEADS, D_HEAD),
+        "blocks.0.attn.b_V": r(HEADS, D_HEAD),
+        "blocks.0.attn.b_O": r(D_MODEL),
+        "blocks.0.attn.mask": torch.tril(torch.ones(3, 3)).bool(),
+        "blocks.0.attn.IGNORE": torch.tensor(-1e5),
+        "blocks.0.mlp.W_in": r(D_MODEL, D_MLP),
+        "blocks.0.mlp.b_in": r(D_MLP),
+        "blocks.0.mlp.W_out": r(D_MLP, D_MODEL),
+        "blocks.0.mlp.b_out": r(D_MODEL),
+        "unembed.W_U": r(D_MODEL, P),
+        "unembed.b_U": torch.zeros(P),
+    }
+
+
+def _tl_forward(sd: dict[str, torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """A direct implementation of a 1-layer HookedTransformer without LayerNorm."""
+    x = sd["embed.W_E"][tokens] + sd["pos_embed.W_pos"][: tokens.shape[1]]
+    q = torch.einsum("bpd,hde->bphe", x, sd["blocks.0.attn.W_Q"]) + sd["blocks.0.attn.b_Q"]
+    k = torch.einsum("bpd,hde->bphe", x, sd["blocks.0.attn.W_K"]) + sd["blocks.0.attn.b_K"]
+    v = torch.einsum("bpd,hde->bphe", x, sd["blocks.0.attn.W_V"]) + sd["blocks.0.attn.b_V"]
+    scores = torch.einsum("bqhe,bkhe->bhqk", q, k) / math.sqrt(D_HEAD)
+    n = tokens.shape[1]
+    scores = scores.masked_fill(~torch.tril(torch.ones(n, n, dtype=torch.bool)), float("-inf"))
+    z = torch.einsum("bhqk,bkhe->bqhe", scores.softmax(-1), v)
+    x = x + torch.einsum("bqhe,hed->bqd", z, sd["blocks.0.attn.W_O"]) + sd["blocks.0.attn.b_O"]
+    post = torch.relu(x @ sd["blocks.0.mlp.W_in"] + sd["blocks.0.mlp.b_in"])
+    x = x + post @ sd["blocks.0.mlp.W_out"] + sd["blocks.0.mlp.b_out"]
+    return (x @ sd["unembed.W_U"] + sd["unembed.b_U"])[:, -1]
+
+
+def _groklab_logits(run_dir, step: int) -> torch.Tensor:
+    model = groklab.load_run(run_dir).model_at(step)
+    with torch.no_grad():
+        return model(_all_inputs(), n_scored=1)[:, -1]
+
+
+def test_published_checkpoint_imports_with_identical_logits(tmp_path):
+    sd = _published_state_dict()
+    src = tmp_path / "final.pth"
+    torch.save(
+        {
+            "model": sd,
+            "train_losses": [4.0, 3.0, 2.0, 1.5],
+            "test_losses": [4.1, 4.2, 4.3, 4.4],
+            "epoch": 3,
+        },
+        src,
+    )
+    res = import_checkpoint(src, tmp_path / "run")
+    assert res.source_format == "published" and res.steps == [3]
+    cfg = res.config
+    assert (
+        cfg.data.p,
+        cfg.model.d_model,
+        cfg.model.n_heads,
+        cfg.model.d_head,
+        cfg.model.d_mlp,
+    ) == (
+        P,
+        D_MODEL,
+        HEADS,
+        D_HEAD,
+        D_MLP,
+    )
+    with torch.no_grad():
+        want = _published_forward(sd, _all_inputs())
+    torch.testing.assert_close(_groklab_logits(tmp_path / "run", 3), want, rtol=1e-5, atol=1e-5)
+    run = groklab.load_run(tmp_path / "run")
+    assert run.status == "completed"
+    assert run.metrics["train/loss"].tolist() == [4.0, 3.0, 2.0, 1.5]
+    assert run.metrics["test/loss"].tolist() == pytest.approx([4.1, 4.2, 4.3, 4.4])
+
+
+def test_transformerlens_state_dict_folds_value_biases(tmp_path):
+    sd = _tl_state_dict()
+    torch.save(sd, tmp_path / "tl.pt")
+    res = import_checkpoint(tmp_path / "tl.pt", tmp_path / "run")
+    assert res.source_format == "transformerlens" and res.steps == [0]
+    assert any("folded" in n for n in res.notes) and any(
+        "zero logit column" in n for n in res.notes
+    )
+    got = _groklab_logits(tmp_path / "run", 0)
+    with torch.no_grad():
+        want = _tl_forward(sd, _all_inputs())
+    torch.testing.assert_close(got[:, :P], want, rtol=1e-5, atol=1e-5)
+    assert (got[:, P] == 0).all()  # the padded '=' class
+
+
+def test_checkpoint_list_with_split(tmp_path):
+    ckpts = [_published_state_dict(s) for s in range(3)]
+    train = torch.randperm(P * P, generator=torch.Generator().manual_seed(0))[:20]
+    torch.save(
+        {
+            "checkpoints": ckpts,
+            "checkpoint_epochs": [0, 5, 10],
+            "train_losses": [float(i) for i in range(11)],
+            "test_losses": [float(i) for i in range(11)],
+            "train_indices": train,
+        },
+        tmp_path / "full_run.pth",
+    )
+    res = import_checkpoint(tmp_path / "full_run.pth", tmp_path / "run")
+    assert res.steps == [0, 5, 10] and res.n_metrics == 11
+    assert res.config.data.train_fraction == pytest.approx(20 / 49)
+    run = groklab.load_run(tmp_path / "run")
+    with torch.no_grad():
+        want = _published_forward(ckpts[1], _all_inputs())
+    torch.testing.assert_close(_groklab_logits(tmp_path / "run", 5), want, rtol=1e-5, atol=1e-5)
+    # Analysis scores train/test on the recorded split, not on groklab's own.
+    grid = fr.operation_grid(analysis_task(run))
+    assert sorted(torch.nonzero(grid.train).flatten().tolist()) == sorted(train.tolist())
+    assert int(grid.test.sum()) == P * P - 20
+
+
+def test_published_split_matches_python_random():
+    pairs = [(i, j, P) for i in range(P) for j in range(P)]
+    random.seed(3)
+    random.shuffle(pairs)
+    want = [i * P + j for i, j, _ in pairs[: int(0.3 * len(pairs))]]
+    assert published_split(P, 0.3, 3).tolist() == want
+
+
+class _NotATensor:
+    pass
+
+
+def test_foreign_files_are_refused(tmp_path):
+    torch.save({"model": _NotATensor()}, tmp_path / "pickle.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        import_checkpoint(tmp_path / "pickle.pth", tmp_path / "a")
+    torch.save({"foo": torch.zeros(2)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="no model weights"):
+        import_checkpoint(tmp_path / "other.pth", tmp_path / "b")
+    sd = _tl_state_dict(b_q=0.5)
+    torch.save(sd, tmp_path / "bq.pt")
+    with pytest.raises(CheckpointError, match="b_Q is non-zero"):
+        import_checkpoint(tmp_path / "bq.pt", tmp_path / "c")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+def test_cli_import_then_analyze(tmp_path):
+    torch.save({"model": _published_state_dict(), "epoch": 7}, tmp_path / "m.pth")
+    runner = CliRunner()
+    res = runner.invoke(app, ["import", str(tmp_path / "m.pth"), "--out", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "groklab analyze" in res.output
+    res = runner.invoke(app, ["analyze", str(tmp_path / "run"), "--no-figures"])
+    assert res.exit_code == 0, res.output
+    assert "key frequencies" in res.output
+    bad = runner.invoke(
+        app, ["import", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "x")]
+    )
+    assert bad.exit_code == 2
+    assert "no such file" in bad.output
