@@ -39,7 +39,8 @@ __all__ = [
 ]
 
 OPERATIONS = ("add", "sub", "mul", "div", "quad")
-TASKS = ("modular",)
+TASKS = ("modular", "digits", "mnist")
+IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
 
 
 def _is_prime(n: int) -> bool:
@@ -72,7 +73,12 @@ class DataConfig:
         shares: share of the training set per operation (mixed data); equal when unset.
         train_fraction: share of all problems used for training, in (0, 1].
         train_size: number of training problems; overrides ``train_fraction`` when set.
+            Image tasks: the number of training images (default: 1,000 for ``mnist``,
+            ``train_fraction`` of the 1,797 images for ``digits``); the rest are the test set.
         split_seed: seed of the local generator that shuffles problems into train/test.
+        data_dir: image tasks: folder holding the MNIST IDX files (``mnist`` only).
+        test_size: image tasks: keep only this many of the remaining examples (a seeded random
+            subset) as the test set, for cheaper evaluations; ``None`` = all of them.
     """
 
     task: str = "modular"
@@ -82,6 +88,8 @@ class DataConfig:
     train_fraction: float = 0.3
     train_size: int | None = None
     split_seed: int = 0
+    data_dir: str | None = None
+    test_size: int | None = None
 
     def __post_init__(self) -> None:
         s = "data"
@@ -128,6 +136,8 @@ class DataConfig:
         if self.train_size is not None:
             _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
         _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
+        if self.test_size is not None:
+            _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
 
 
 @dataclass(frozen=True)
@@ -142,7 +152,8 @@ class ModelConfig:
         layernorm: LayerNorm before attention, MLP and unembedding.
         attn_only: transformer blocks without MLP.
         init_scale: multiplier on every initial weight (Omnigrok's alpha).
-        mlp_input: MLP only: one-hot inputs ``sum`` (shared embedding) or ``concat``.
+        mlp_input: MLP only: one-hot inputs ``sum`` (shared embedding) or ``concat``, or
+            ``dense``: float feature vectors ``[batch, d_vocab]`` (image tasks).
     """
 
     arch: str = "transformer"
@@ -161,7 +172,7 @@ class ModelConfig:
         s = "model"
         _choice(s, "arch", self.arch, ("transformer", "mlp"))
         _choice(s, "act", self.act, ("relu", "gelu"))
-        _choice(s, "mlp_input", self.mlp_input, ("sum", "concat"))
+        _choice(s, "mlp_input", self.mlp_input, ("sum", "concat", "dense"))
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp"):
             v = getattr(self, name)
             _check(isinstance(v, int) and v >= 1, s, name, v, "a positive integer")
@@ -187,6 +198,10 @@ class OptimConfig:
         grokfast_lambda: amplification of the slow gradient component.
         grokfast_window: window of the Grokfast-MA filter.
         perp_grad: ⊥Grad: remove each tensor's gradient component along its weights.
+        fixed_norm: hold the total L2 norm of all parameters at this value: the weights are
+            rescaled onto that sphere at the start and after every optimiser step (Omnigrok's
+            constrained runs). A number, ``"initial"`` (the norm at initialisation), or
+            ``None`` (off).
     """
 
     name: str = "adamw"
@@ -201,6 +216,7 @@ class OptimConfig:
     grokfast_lambda: float = 2.0
     grokfast_window: int = 100
     perp_grad: bool = False
+    fixed_norm: float | str | None = None
 
     def __post_init__(self) -> None:
         s = "optim"
@@ -223,6 +239,16 @@ class OptimConfig:
         )
         _check(self.grokfast_lambda >= 0, s, "grokfast_lambda", self.grokfast_lambda, ">= 0")
         _check(self.grokfast_window >= 1, s, "grokfast_window", self.grokfast_window, ">= 1")
+        if self.fixed_norm is not None:
+            fn = self.fixed_norm
+            ok = fn == "initial" or (
+                isinstance(fn, float | int)
+                and not isinstance(fn, bool)
+                and math.isfinite(fn)
+                and fn > 0
+            )
+            _check(ok, s, "fixed_norm", fn, "a finite number > 0, 'initial' or none")
+
 
 
 @dataclass(frozen=True)
@@ -302,6 +328,15 @@ class RunConfig:
         ):
             if not isinstance(getattr(self, sec), cls):
                 raise ConfigError(f"{sec} must be a {cls.__name__}")
+        # Image tasks feed float pixels: only the dense-input MLP takes them. (One direction
+        # only, so overrides can switch the model first and the task after it.)
+        dense = self.model.arch == "mlp" and self.model.mlp_input == "dense"
+        if self.data.task in IMAGE_TASKS and not dense:
+            raise ConfigError(
+                f"data.task={self.data.task!r} needs model.arch='mlp' and "
+                f"model.mlp_input='dense' (got {self.model.arch!r}, {self.model.mlp_input!r}); "
+                "set those first or start from preset omnigrok-digits / omnigrok-mnist"
+            )
 
 
 # ----------------------------------------------------------------------------- conversion

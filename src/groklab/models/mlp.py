@@ -1,10 +1,13 @@
-"""A multilayer perceptron on one-hot token inputs (summed or concatenated).
+"""A multilayer perceptron on one-hot token inputs (summed or concatenated) or dense features.
 
 The first layer's weight is an embedding: multiplying the sum (or concatenation) of one-hot
 vectors by a matrix is a sum of its rows, so ``embed.W_E [n_in * d_vocab, d_mlp]`` is looked up
 instead of building one-hots. Names: ``embed.W_E``, ``layers.{i}.b`` (first layer's bias is
 ``layers.0.b``), ``layers.{i}.W`` for hidden layers, ``unembed.W_U``/``unembed.b_U``; hook
 points ``layers.{i}.hook_pre`` / ``hook_post`` ``[batch, d_mlp]``.
+With ``mlp_input="dense"`` the input is a float feature vector ``[batch, d_vocab]`` (an image's
+pixels; ``d_vocab`` is the feature count) and the first layer is the matrix product with the
+same ``embed.W_E [d_vocab, d_mlp]``.
 Initialisation is PyTorch's Linear default, U(±1/sqrt(fan_in)), times ``init_scale``.
 """
 
@@ -55,6 +58,7 @@ class MLP(HookedModule):
         self.cfg = cfg
         self.d_vocab, self.d_vocab_out, self.n_ctx = d_vocab, d_vocab_out, n_ctx
         self.concat = cfg.mlp_input == "concat"
+        self.dense = cfg.mlp_input == "dense"
         n_in = d_vocab * (n_ctx if self.concat else 1)
         gen = torch.Generator().manual_seed(seed)
         s = cfg.init_scale
@@ -74,9 +78,15 @@ class MLP(HookedModule):
             )
 
     def forward(self, tokens: torch.Tensor, *, n_scored: int | None = None) -> torch.Tensor:
-        """Logits ``[batch, 1, d_vocab_out]`` (an MLP has one output position)."""
-        idx = tokens + self.offsets if self.concat else tokens
-        h = self.embed.W_E[idx].sum(dim=1)  # [batch, d_mlp]
+        """Logits ``[batch, 1, d_vocab_out]`` (an MLP has one output position).
+
+        ``tokens`` is ``[batch, n_ctx]`` token ids, or ``[batch, d_vocab]`` floats when dense.
+        """
+        if self.dense:
+            h = tokens.to(self.embed.W_E.dtype) @ self.embed.W_E  # [batch, d_mlp]
+        else:
+            idx = tokens + self.offsets if self.concat else tokens
+            h = self.embed.W_E[idx].sum(dim=1)  # [batch, d_mlp]
         for i, layer in enumerate(self.layers):
             pre = h + layer.b if i == 0 else torch.addmm(layer.b, h, layer.W)
             h = layer.hook_post(self.act(layer.hook_pre(pre)))

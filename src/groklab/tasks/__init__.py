@@ -7,12 +7,15 @@ from collections.abc import Callable
 from groklab.config import DataConfig
 from groklab.errors import ConfigError
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
+from groklab.tasks.images import build_digits, build_mnist
 from groklab.tasks.modular import build_modular
 
 __all__ = ["TASK_BUILDERS", "EvalSubset", "Task", "build_task", "tensor_hash"]
 
 TASK_BUILDERS: dict[str, Callable[[DataConfig], Task]] = {
     "modular": build_modular,
+    "digits": build_digits,
+    "mnist": build_mnist,
 }
 
 

@@ -34,6 +34,7 @@ from groklab.models import build_model
 from groklab.store import RunStore, load_checkpoint, read_manifest
 from groklab.tasks import Task, build_task
 from groklab.train.losses import token_losses
+from groklab.train.norm import make_norm_constraint
 from groklab.train.optim import lr_at, make_grad_filter, make_optimizer
 
 __all__ = ["checkpoint_schedule", "resolve_device", "run_training"]
@@ -338,6 +339,7 @@ def _train(
     params = list(model.parameters())
     opt = make_optimizer(params, config.optim)
     filt = make_grad_filter(params, config.optim)
+    norm_ctl = make_norm_constraint(params, config.optim)  # optim.fixed_norm; before resume
     data = _Data.of(task, device)
     batches = _Batches(task, data, config)
     evaluate = _Evaluator(model, data, task, config)
@@ -444,6 +446,8 @@ def _train(
             if filt.active:
                 filt.apply()
             opt.step()
+            if norm_ctl is not None:
+                norm_ctl.apply()
     except BaseException as e:
         manifest.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
         store.write_metrics(rows)
