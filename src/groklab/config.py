@@ -178,7 +178,9 @@ class ModelConfig:
             _check(isinstance(v, int) and v >= 1, s, name, v, "a positive integer")
         if self.arch == "mlp":
             _check(self.n_layers >= 2, s, "n_layers", self.n_layers, ">= 2 for arch=mlp")
-        _check(self.init_scale > 0, s, "init_scale", self.init_scale, "> 0")
+        _check(
+            0 < self.init_scale < math.inf, s, "init_scale", self.init_scale, "a finite number > 0"
+        )
 
 
 @dataclass(frozen=True)

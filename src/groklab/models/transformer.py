@@ -117,9 +117,10 @@ class MLPBlock(nn.Module):
         self.hook_post = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.hook_pre(torch.addmm(self.b_in, x.reshape(-1, x.shape[-1]), self.W_in))
-        post = self.hook_post(self.act(pre))
-        out = torch.addmm(self.b_out, post, self.W_out)
+        # Hooks see [batch, pos, d_mlp] (as documented); the matmuls run on [batch·pos, ·].
+        pre = torch.addmm(self.b_in, x.reshape(-1, x.shape[-1]), self.W_in)
+        post = self.hook_post(self.act(self.hook_pre(pre.view(*x.shape[:-1], -1))))
+        out = torch.addmm(self.b_out, post.reshape(-1, post.shape[-1]), self.W_out)
         return out.reshape(*x.shape[:-1], -1)
 
 

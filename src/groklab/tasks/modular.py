@@ -63,6 +63,11 @@ def _counts(cfg: DataConfig, available: list[int]) -> list[int]:
             )
     else:
         total = int(cfg.train_fraction * total_available)
+        if total < 1:
+            raise ConfigError(
+                f"data.train_fraction={cfg.train_fraction} leaves no training problem of the "
+                f"{total_available} mod {cfg.p}; raise it to at least {1 / total_available:.3g}"
+            )
     if len(available) == 1:
         return [total]
     shares = cfg.shares or tuple(1.0 / len(available) for _ in available)
