@@ -1,0 +1,251 @@
+"""The command line via its runner: train, presets, show, and every bad input of the issue."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from conftest import snapshot, tiny_config
+from groklab.cli import app
+from groklab.config import config_hash, save_config
+from groklab.run import load_run
+from groklab.store import RunStore
+from groklab.train import loop
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Invoke the app in an empty working directory (so a default runs/ would show up)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, [str(a) for a in args])
+
+    return invoke
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_presets_lists_the_four_presets(cli) -> None:
+    result = cli("presets")
+    assert result.exit_code == 0, result.output
+    for name in ("nanda2023", "sullivan2024", "mlp-add", "smoke"):
+        assert re.search(rf"\b{re.escape(name)}\b", result.stdout), name
+    assert "Nanda" in result.stdout  # with a description
+
+
+def test_train_smoke_preset_prints_a_summary(cli, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = cli("train", "--preset", "smoke", "--set", "train.steps=20", "--out", out, "-q")
+    assert result.exit_code == 0, result.output
+    assert "completed" in result.stdout
+    assert re.search(r"steps\s*│?\s*20\b", result.stdout), result.stdout
+    assert "grokked" in result.stdout and "final test/acc" in result.stdout
+    run = load_run(out)
+    assert run.status == "completed"
+    assert run.config.name == "smoke" and run.config.train.steps == 20
+    assert int(run.metrics["step"].iloc[-1]) == 20
+    assert not (tmp_path / "work" / "runs").exists()  # --out was honoured
+
+
+def test_train_resume_of_a_completed_run_changes_nothing(cli, tmp_path: Path) -> None:
+    loop.run_training(tiny_config(), tmp_path / "run", progress=False)
+    before = snapshot(tmp_path / "run")
+    result = cli("train", "--resume", tmp_path / "run", "-q")
+    assert result.exit_code == 0, result.output
+    assert "already completed" in " ".join(result.stdout.split())  # rich wraps at 80
+    assert snapshot(tmp_path / "run") == before
+
+
+def _fake_run(path: Path) -> None:
+    """A run whose metrics memorise at step 200 and grok at step 700."""
+    cfg = tiny_config(train={"steps": 1000})
+    rows = []
+    for step in range(0, 1001, 100):
+        train_acc = 1.0 if step >= 200 else 0.5
+        test_acc = 0.995 if step >= 700 else 0.2 + step / 10_000
+        rows.append(
+            {
+                "step": step,
+                "lr": 1e-3,
+                "train/loss": 1.0 / (step + 1),
+                "train/acc": train_acc,
+                "test/loss": 5.0 - step / 1000,
+                "test/acc": test_acc,
+            }
+        )
+    with RunStore.create(path, cfg) as store:
+        store.write_metrics(rows)
+        store.write_manifest(
+            {"status": "completed", "seed": 0, "split_hash": "abc", "config_hash": config_hash(cfg)}
+        )
+
+
+def test_show_prints_config_status_and_grokking_step(cli, tmp_path: Path) -> None:
+    _fake_run(tmp_path / "run")
+    result = cli("show", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "p = 11" in out  # the config
+    assert re.search(r"status\s*│?\s*completed", out), out
+    assert re.search(r"memorised \(train acc ≥ 99%\) at step\s*│?\s*200\b", out), out
+    assert re.search(r"grokked \(test acc ≥ 99%\) at step\s*│?\s*700\b", out), out
+    assert re.search(r"final test/acc\s*│?\s*99\.5000%", out), out
+
+
+def test_show_of_a_real_run(cli, tmp_path: Path) -> None:
+    loop.run_training(tiny_config(), tmp_path / "run", progress=False)
+    result = cli("show", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"status\s*│?\s*completed", result.stdout)
+    assert re.search(r"steps\s*│?\s*30\b", result.stdout)
+
+
+# ---------------------------------------------------------------------------- bad input
+
+BAD_TRAIN_ARGS = [
+    (["--preset", "nope"], r"preset 'nope'.*allowed: .*nanda2023"),
+    (["--set", "data.task=nope"], r"data\.task='nope'.*allowed: .*modular"),
+    (["--set", "data.operations=pow"], r"data\.operations='pow'.*allowed: .*add"),
+    (["--set", "data.operations=add,pow"], r"data\.operations='pow'"),
+    (["--set", "data.p=12", "--set", "data.operations=mul"], r"data\.p=12 is not prime.*mul"),
+    (["--set", "data.operations=div", "--set", "data.p=15"], r"data\.p=15 is not prime.*div"),
+    (["--set", "data.train_fraction=0"], r"data\.train_fraction=0\.0 .*\(0, 1\]"),
+    (["--set", "data.train_fraction=1.5"], r"data\.train_fraction=1\.5 .*\(0, 1\]"),
+    (["--set", "data.train_size=100000"], r"data\.train_size=100000 .*at most 2809"),
+    (["--set", "optim.lr=-0.001"], r"optim\.lr=-0\.001 .*> 0"),
+    (["--set", "optim.nope=1"], r"unknown key 'optim\.nope'; allowed: .*lr"),
+    (["--set", "trian.steps=1"], r"unknown key 'trian\.steps'"),
+    (["--set", "optim.lr"], r"section\.key=value"),
+    (["--set", "train.steps=many"], r"train\.steps='many'.*integer"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"), BAD_TRAIN_ARGS, ids=[" ".join(a) for a, _ in BAD_TRAIN_ARGS]
+)
+def test_bad_train_input_exits_2_with_one_line_and_no_trace(
+    cli, tmp_path: Path, args: list[str], message: str
+) -> None:
+    before = snapshot(tmp_path)
+    base = [] if args[0] == "--preset" else ["--preset", "smoke"]
+    result = cli("train", *base, *args, "--out", tmp_path / "run", "-q")
+    line = _one_line_error(result)
+    assert re.search(message, line), line
+    assert snapshot(tmp_path) == before  # no run directory, no runs/, nothing
+    assert "Traceback" not in result.output
+
+
+def test_existing_directory_with_a_different_run(cli, tmp_path: Path) -> None:
+    loop.run_training(tiny_config(), tmp_path / "run", progress=False)
+    before = snapshot(tmp_path)
+    result = cli("train", "--preset", "smoke", "--out", tmp_path / "run", "-q")
+    line = _one_line_error(result)
+    assert "already holds a different run" in line and "run" in line
+    assert re.search(r"\((data|model|name|optim|train)\.?\w*:", line), line  # names the field
+    # The same config again: refused too, pointing at --resume.
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text(save_config(tiny_config()))
+    before = snapshot(tmp_path)
+    result = cli("train", "--config", cfg_path, "--out", tmp_path / "run", "-q")
+    assert "--resume" in _one_line_error(result)
+    assert snapshot(tmp_path) == before
+
+
+def test_non_empty_directory_without_a_run(cli, tmp_path: Path) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("precious")
+    before = snapshot(tmp_path)
+    line = _one_line_error(cli("train", "--preset", "smoke", "--out", tmp_path / "mine", "-q"))
+    assert "mine" in line and "not empty" in line
+    assert snapshot(tmp_path) == before
+
+
+@pytest.fixture
+def interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A run killed at step 17 (status failed, state at step 10): a run to --resume."""
+    real = loop.lr_at
+
+    def lr_at(t, cfg):
+        if t == 17:
+            raise KeyboardInterrupt
+        return real(t, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", lr_at)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_training(tiny_config(), tmp_path / "run", progress=False)
+    monkeypatch.undo()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "other_run"])
+def test_resume_with_corrupt_or_foreign_state(
+    cli, tmp_path: Path, interrupted_run: Path, damage: str
+) -> None:
+    state = interrupted_run / "state.safetensors"
+    data = state.read_bytes()
+    if damage == "garbage":
+        state.write_bytes(b"\x13\x37" * 500)
+    elif damage == "truncated":
+        state.write_bytes(data[: len(data) - 100])
+    elif damage == "foreign":
+        import torch
+
+        save_file({"model.embed.W_E": torch.zeros(12, 16)}, str(state))
+    else:
+        other = tiny_config(optim={"lr": 0.5}, train={"steps": 10})
+        loop.run_training(other, tmp_path / "other", progress=False)
+        shutil.copyfile(tmp_path / "other" / "state.safetensors", state)
+    before = snapshot(tmp_path)
+    line = _one_line_error(cli("train", "--resume", interrupted_run, "-q"))
+    assert "state.safetensors" in line
+    assert snapshot(tmp_path) == before
+    assert load_run(interrupted_run).status == "failed"
+
+
+def test_resume_of_a_directory_without_a_run(cli, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    before = snapshot(tmp_path)
+    line = _one_line_error(cli("train", "--resume", tmp_path / "empty", "-q"))
+    assert "config.toml" in line
+    line = _one_line_error(cli("show", tmp_path / "empty"))
+    assert "not a groklab run" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_resume_refuses_a_new_config(cli, interrupted_run: Path, tmp_path: Path) -> None:
+    before = snapshot(tmp_path)
+    line = _one_line_error(cli("train", "--resume", interrupted_run, "--set", "optim.lr=0.1", "-q"))
+    assert "--resume" in line
+    assert snapshot(tmp_path) == before
+
+
+def test_console_script_exit_code(tmp_path: Path) -> None:
+    exe = shutil.which("groklab")
+    cmd = [exe] if exe else [sys.executable, "-m", "groklab.cli"]
+    proc = subprocess.run(
+        [*cmd, "train", "--preset", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "preset 'nope'" in proc.stderr
+    assert list(tmp_path.iterdir()) == []
