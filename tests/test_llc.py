@@ -1,0 +1,471 @@
+"""The SGLD LLC estimator: known answers, diagnostics, runs, caching, calibration, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from groklab.analysis import llc
+from groklab.analysis.llc import LLCSettings, estimate_llc
+from groklab.errors import ConfigError
+
+
+def _poly_loss(ks: torch.Tensor):
+    def loss(w: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        return (w ** (2 * ks)).sum()
+
+    return loss
+
+
+# --------------------------------------------------------------------------- known answers
+
+
+@pytest.mark.parametrize(
+    ("ks", "epsilon"),
+    [
+        ((1,), 2e-4),  # regular: lambda = 1/2
+        ((2,), 1e-3),  # 1/4
+        ((3,), 2e-3),  # 1/6
+        ((1, 1, 1, 1), 2e-4),  # 2
+        ((1, 2, 3, 1, 2), 1e-3),  # 1/2 + 1/4 + 1/6 + 1/2 + 1/4 = 5/3
+    ],
+)
+def test_polynomial_known_answer(ks: tuple[int, ...], epsilon: float) -> None:
+    """L(w) = sum_i w_i^(2 k_i) has learning coefficient sum_i 1/(2 k_i).
+
+    With no localisation the estimator is exact up to Monte Carlo and discretisation error:
+    for a density proportional to exp(-nbeta w^(2k)), E[nbeta w^(2k)] = 1/(2k). A quadratic
+    term is biased up by about eps * nbeta / 2; flatter terms need a larger step to mix.
+    """
+    k = torch.tensor(ks)
+    truth = sum(1 / (2 * ki) for ki in ks)
+    s = LLCSettings(
+        epsilon=epsilon,
+        gamma=0.0,
+        nbeta=100.0,
+        chains=256,
+        draws=600,
+        burnin=300,
+        batch_size=None,
+    )
+    res = estimate_llc(_poly_loss(k), torch.zeros(len(ks), dtype=torch.float64), n=1000, settings=s)
+    assert res.init_loss == 0.0
+    assert res.nbeta == 100.0
+    assert abs(res.llc - truth) < 0.1 * truth, (res.llc, truth)
+    assert not res.diverged and res.warnings == ()
+    assert res.trace.shape == (256, 900)
+    assert res.frac_below_init == 0.0
+
+
+def test_polynomial_with_localisation_and_n_over_log_n() -> None:
+    """nbeta defaults to n / log n; a weak localisation barely moves the answer."""
+    k = torch.tensor([1, 2])
+    s = LLCSettings(epsilon=2e-4, gamma=1.0, chains=128, draws=600, burnin=200, batch_size=None)
+    res = estimate_llc(_poly_loss(k), torch.zeros(2, dtype=torch.float64), n=2000, settings=s)
+    assert res.nbeta == pytest.approx(2000 / math.log(2000))
+    assert abs(res.llc - 0.75) < 0.075, res.llc
+
+
+def _linreg(n: int = 1000, d: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = x @ torch.randn(d, generator=g, dtype=torch.float64)
+    y = y + 0.5 * torch.randn(n, generator=g, dtype=torch.float64)
+
+    def loss(p: dict[str, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
+        xb, yb = (x, y) if rows is None else (x[rows], y[rows])
+        pred = xb @ p["w"] + p["b"]
+        return 0.5 * ((yb - pred) ** 2).mean()
+
+    # w* = the least-squares fit with intercept, the exact minimiser of the loss
+    xa = torch.cat([x, torch.ones(n, 1, dtype=torch.float64)], dim=1)
+    sol = torch.linalg.lstsq(xa, y.unsqueeze(1)).solution.squeeze(1)
+    params = {"w": sol[:d].clone(), "b": sol[d].clone()}
+    return loss, params, n, d + 1
+
+
+@pytest.mark.parametrize("batch_size", [None, 128])
+def test_linear_regression_is_d_over_2(batch_size: int | None) -> None:
+    """A regular model with d parameters has lambda = d/2 (minibatch and full batch)."""
+    loss, params, n, d = _linreg()
+    s = LLCSettings(
+        epsilon=2e-4, gamma=0.0, chains=32, draws=400, burnin=100, batch_size=batch_size
+    )
+    res = estimate_llc(loss, params, n=n, settings=s)
+    assert res.n_params == d
+    assert abs(res.llc - d / 2) < 0.1 * d / 2, res.llc
+    assert 0.8 < res.convergence_ratio < 1.25
+
+
+# --------------------------------------------------------------------------- estimator
+
+
+def test_seeded_and_reproducible() -> None:
+    k = torch.tensor([1, 2])
+    s = LLCSettings(
+        epsilon=1e-3, gamma=1.0, nbeta=50.0, chains=4, draws=50, burnin=10, batch_size=None, seed=3
+    )
+    a = estimate_llc(_poly_loss(k), torch.zeros(2, dtype=torch.float64), n=100, settings=s)
+    b = estimate_llc(_poly_loss(k), torch.zeros(2, dtype=torch.float64), n=100, settings=s)
+    c = estimate_llc(
+        _poly_loss(k), torch.zeros(2, dtype=torch.float64), n=100, settings=replace(s, seed=4)
+    )
+    np.testing.assert_array_equal(a.trace, b.trace)
+    assert a.llc == b.llc
+    assert not np.array_equal(a.trace, c.trace)
+
+
+def test_params_not_modified_and_burnin_discarded() -> None:
+    w = torch.full((3,), 0.0, dtype=torch.float64)
+    k = torch.tensor([1, 1, 1])
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=50.0, chains=2, draws=30, burnin=20, batch_size=None
+    )
+    res = estimate_llc(_poly_loss(k), w, n=100, settings=s)
+    assert torch.equal(w, torch.zeros(3, dtype=torch.float64))
+    assert res.trace.shape == (2, 50)
+    assert res.draws_trace.shape == (2, 30)
+    # the estimate uses the draws only
+    expected = res.nbeta * (res.trace[:, 20:].mean(axis=1) - res.init_loss)
+    np.testing.assert_allclose(res.llc_per_chain, expected)
+    assert res.llc == pytest.approx(expected.mean())
+    assert res.llc_std == pytest.approx(expected.std(ddof=1))
+
+
+def test_chains_are_vectorised_not_sequential() -> None:
+    """The loss function is called once per SGLD step for all chains together (vmapped)."""
+    calls = []
+    k = torch.tensor([1])
+
+    def loss(w: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        calls.append(1)
+        return (w ** (2 * k)).sum()
+
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=10.0, chains=16, draws=20, burnin=5, batch_size=None
+    )
+    estimate_llc(loss, torch.zeros(1, dtype=torch.float64), n=10, settings=s)
+    # one call for L(w*), one traced call per step
+    assert len(calls) == 1 + 25
+
+
+def test_minibatches_are_per_chain_shuffles() -> None:
+    """Each step scores `batch_size` rows per chain; each epoch covers every row once, in a
+    different order for every chain. The loss sum_{rows} 2^row records the exact row set."""
+    n, m, chains = 40, 10, 3
+    code = 2.0 ** torch.arange(n, dtype=torch.float64)
+
+    def loss(w: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        picked = code if rows is None else code[rows]
+        return picked.sum() + 0.0 * (w**2).sum()
+
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=10.0, chains=chains, draws=8, burnin=0, batch_size=m
+    )
+    res = estimate_llc(loss, torch.zeros(1, dtype=torch.float64), n=n, settings=s)
+    assert res.init_loss == float(code.sum())
+
+    def rows_of(v: float) -> set[int]:
+        bits = int(v)
+        return {i for i in range(n) if bits >> i & 1}
+
+    for c in range(chains):
+        for epoch in range(2):
+            sets = [rows_of(v) for v in res.trace[c, epoch * 4 : epoch * 4 + 4]]
+            assert all(len(r) == m for r in sets)
+            assert set().union(*sets) == set(range(n))
+    assert rows_of(res.trace[0, 0]) != rows_of(res.trace[1, 0])
+
+
+def test_divergence_is_flagged_and_excluded() -> None:
+    """Chains that blow up are excluded with a warning, never averaged in silently."""
+    # w^2 with eps * nbeta = 4 > 2: the SGLD iteration is unstable and runs off to inf/NaN.
+    k = torch.tensor([1])
+    s = LLCSettings(
+        epsilon=0.04, gamma=0.0, nbeta=100.0, chains=4, draws=100, burnin=0, batch_size=None
+    )
+    res = estimate_llc(_poly_loss(k), torch.zeros(1, dtype=torch.float64), n=100, settings=s)
+    assert set(res.diverged) == {0, 1, 2, 3}
+    assert math.isnan(res.llc)
+    assert any("diverged" in w for w in res.warnings)
+
+
+def test_loss_bound_flags_some_chains() -> None:
+    """A chain whose loss exceeds max_loss is excluded; the others still give the estimate."""
+    k = torch.tensor([1])
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=64, draws=200, burnin=0, batch_size=None
+    )
+    base = estimate_llc(_poly_loss(k), torch.zeros(1, dtype=torch.float64), n=100, settings=s)
+    bound = float(np.quantile(base.trace.max(axis=1), 0.8))
+    res = estimate_llc(
+        _poly_loss(k), torch.zeros(1, dtype=torch.float64), n=100, settings=s, max_loss=bound
+    )
+    over = {c for c in range(64) if base.trace[c].max() > bound}
+    assert set(res.diverged) == over and 0 < len(over) < 64
+    keep = [c for c in range(64) if c not in over]
+    assert res.llc == pytest.approx(base.llc_per_chain[keep].mean())
+    assert "lower epsilon or raise gamma" in res.warnings[0]
+    assert "chain" in res.warnings[0]
+
+
+def test_dips_below_init_are_reported() -> None:
+    """Starting away from the minimum, draws fall below L(w*): negative estimate, warned."""
+    k = torch.tensor([1, 1])
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=100.0, chains=8, draws=200, burnin=0, batch_size=None
+    )
+    res = estimate_llc(_poly_loss(k), torch.ones(2, dtype=torch.float64), n=100, settings=s)
+    assert res.llc < 0
+    assert res.frac_below_init > 0.9
+    assert any("<= 0" in w for w in res.warnings)
+
+
+def test_convergence_ratio_detects_a_trend() -> None:
+    """Too small a step for the burn-in: the trace is still rising, the ratio says so."""
+    k = torch.tensor([1] * 4)
+    s = LLCSettings(
+        epsilon=1e-5, gamma=0.0, nbeta=100.0, chains=8, draws=200, burnin=0, batch_size=None
+    )
+    res = estimate_llc(_poly_loss(k), torch.zeros(4, dtype=torch.float64), n=100, settings=s)
+    assert res.convergence_ratio > 1.25
+    assert any("not converged" in w for w in res.warnings)
+    ok, why = llc.judge(res)
+    assert not ok and "not flat" in why
+
+
+def test_settings_validation() -> None:
+    with pytest.raises(ConfigError, match=r"llc\.epsilon"):
+        LLCSettings(epsilon=0)
+    with pytest.raises(ConfigError, match=r"llc\.gamma"):
+        LLCSettings(gamma=-1)
+    with pytest.raises(ConfigError, match=r"llc\.nbeta"):
+        LLCSettings(nbeta="n")
+    with pytest.raises(ConfigError, match=r"llc\.chains"):
+        LLCSettings(chains=0)
+    with pytest.raises(ConfigError, match=r"llc\.batch_size"):
+        LLCSettings(batch_size=0)
+    s = LLCSettings(nbeta=12.5, batch_size=None)
+    assert LLCSettings.from_dict(s.to_dict()) == s
+    assert s.key() == LLCSettings.from_dict(s.to_dict()).key() != LLCSettings().key()
+    with pytest.raises(ConfigError, match="unknown key"):
+        LLCSettings.from_dict({"epsilon": 1e-3, "lr": 1})
+
+
+def test_nbeta_resolution() -> None:
+    assert llc.resolve_nbeta("n/log n", n=1000, batch_size=100) == pytest.approx(
+        1000 / math.log(1000)
+    )
+    assert llc.resolve_nbeta("m/log m", n=1000, batch_size=100) == pytest.approx(
+        100 / math.log(100)
+    )
+    assert llc.resolve_nbeta("m/log m", n=1000, batch_size=None) == pytest.approx(
+        1000 / math.log(1000)
+    )
+    assert llc.resolve_nbeta(7.0, n=1000, batch_size=None) == 7.0
+
+
+def test_landmarks() -> None:
+    import pandas as pd
+
+    steps = np.arange(0, 2000, 100)
+    v = np.concatenate([np.linspace(10, 100, 5), np.linspace(95, 30, 8), np.full(7, 30.0)])
+    v[-3] = 31  # within 10% of the drop
+    lm = llc.landmarks(pd.DataFrame({"step": steps, "llc": v}))
+    assert lm["peak_step"] == 400 and lm["peak_llc"] == 100
+    assert lm["final_llc"] == 30
+    assert lm["level_step"] == 1200
+
+
+def test_select_steps() -> None:
+    avail = [0, 3, 10, 100, 200, 250, 300]
+    assert llc.select_steps(avail) == avail
+    assert llc.select_steps(avail, every=100) == [0, 100, 200, 300]
+    assert llc.select_steps([5, 100, 150], every=100) == [5, 100, 150]
+    assert llc.select_steps(avail, steps=[200, 3]) == [3, 200]
+    with pytest.raises(ConfigError, match="no checkpoint at step 7"):
+        llc.select_steps(avail, steps=[7])
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny mixed add/mul run (a few checkpoints, seconds to train)."""
+    import groklab
+    from groklab.config import apply_overrides
+
+    cfg = groklab.get_preset("smoke")
+    cfg = apply_overrides(
+        cfg,
+        [
+            "data.p=11",
+            'data.operations=["add","mul"]',
+            "data.train_fraction=0.6",
+            "model.d_model=16",
+            "model.d_head=4",
+            "model.d_mlp=32",
+            "train.steps=60",
+            "train.eval_every=20",
+            "train.checkpoint_every=20",
+        ],
+    )
+    out = tmp_path_factory.mktemp("llc") / "tiny"
+    groklab.train(cfg, out=out, progress=False)
+    return out
+
+
+_FAST = LLCSettings(epsilon=1e-4, gamma=100.0, chains=2, draws=20, burnin=10, batch_size=32)
+
+
+def test_run_loss_matches_the_runs_training_loss(tiny_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    rl = llc.run_loss(run, 60)
+    final = run.metrics.set_index("step").loc[60]
+    assert rl.init_loss == pytest.approx(final["train/loss"], rel=1e-6)
+    assert rl.n == run.task.n_train
+    add = llc.run_loss(run, 60, subset="test/add")
+    assert add.subset == "add"
+    assert add.n == len(run.task.subsets["train/add"].rows)
+    assert add.init_loss == pytest.approx(final["train/add/loss"], rel=1e-6)
+
+
+def test_resolve_subset_names(tiny_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    assert llc.resolve_subset(run, None)[0] == "total"
+    for name in ("mul", "train/mul", "test/mul"):
+        n, rows, pos = llc.resolve_subset(run, name)
+        assert n == "mul" and rows is not None and pos is None
+        assert torch.equal(rows, run.task.subsets["train/mul"].rows)
+    with pytest.raises(ConfigError, match="allowed: total, add, mul"):
+        llc.resolve_subset(run, "div")
+
+
+def test_estimate_on_a_run_checkpoint(tiny_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    res = llc.estimate_llc_at(run, 60, _FAST)
+    assert math.isfinite(res.llc)
+    assert res.n_params == sum(p.numel() for p in run.model_at(60).parameters())
+    assert res.max_loss == pytest.approx(res.init_loss + math.log(run.task.d_vocab_out))
+    assert res.trace.shape == (2, 30)
+
+
+def test_over_checkpoints_caches_and_recomputes_only_missing(tiny_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    seen: list[tuple[int, bool]] = []
+    df = llc.llc_over_checkpoints(
+        run, _FAST, steps=[20, 60], subset="add", on_step=lambda s, r: seen.append((s, r is None))
+    )
+    assert list(df["step"]) == [20, 60] and seen == [(20, False), (60, False)]
+    cache = tiny_run / llc.LLC_DIR
+    meta = json.loads(next(cache.glob("llc-add-*.json")).read_text())
+    assert meta["settings"] == _FAST.to_dict() and meta["subset"] == "add"
+    assert meta["n"] == len(run.task.subsets["train/add"].rows)
+    seen.clear()
+    df2 = llc.llc_over_checkpoints(
+        run, _FAST, every=20, subset="add", on_step=lambda s, r: seen.append((s, r is None))
+    )
+    assert list(df2["step"]) == [0, 20, 40, 60]
+    assert seen == [(0, False), (20, True), (40, False), (60, True)]
+    np.testing.assert_array_equal(df2.set_index("step").loc[[20, 60], "llc"], df["llc"])
+    rows, traces = llc.read_cache(run, _FAST, subset="add")
+    assert sorted(rows["step"]) == [0, 20, 40, 60]
+    assert len(traces) == 4 * 2 * 30
+    # other settings are a separate cache
+    other = replace(_FAST, seed=1)
+    df3 = llc.llc_over_checkpoints(run, other, steps=[60], subset="add")
+    assert df3["llc"].iloc[0] != df["llc"].iloc[1]
+
+
+def test_calibration_sweeps_and_recommends(tiny_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    base = LLCSettings(chains=2, draws=40, burnin=20, batch_size=None)
+    cal = llc.calibrate(run, 60, epsilons=(1e-5, 1e-4, 10.0), gammas=(100.0, 1000.0), base=base)
+    assert len(cal.results) == 6
+    huge = [i for i, r in enumerate(cal.results) if r.settings.epsilon == 10.0]
+    assert all(not cal.ok[i] and "diverged" in cal.reasons[i] for i in huge)
+    if cal.recommended is not None:
+        rec = cal.results[cal.recommended].settings
+        passing = [cal.results[i].settings for i, ok in enumerate(cal.ok) if ok]
+        assert rec.epsilon == max(s.epsilon for s in passing)
+    saved = json.loads((tiny_run / llc.LLC_DIR / llc.CALIBRATION_FILE).read_text())
+    assert saved["step"] == 60 and len(saved["sweep"]) == 6
+    assert (tiny_run / llc.LLC_DIR / "calibration-step60-traces.npz").exists()
+
+
+def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from typer.testing import CliRunner
+
+    from groklab.cli import app
+
+    r = CliRunner().invoke(
+        app,
+        [
+            "llc",
+            "calibrate",
+            str(tiny_run),
+            "--step",
+            "40",
+            "--epsilons",
+            "1e-5,1e-4",
+            "--gammas",
+            "100",
+            "--chains",
+            "2",
+            "--draws",
+            "30",
+            "--burnin",
+            "10",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert (tiny_run / llc.LLC_DIR / "calibration-step40.png").stat().st_size > 0
+    r = CliRunner().invoke(
+        app,
+        [
+            "llc",
+            str(tiny_run),
+            "--every",
+            "20",
+            "--subset",
+            "total",
+            "--subset",
+            "test/mul",
+            "--chains",
+            "2",
+            "--draws",
+            "20",
+            "--burnin",
+            "5",
+            "--batch-size",
+            "0",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    assert "peak LLC" in r.output
+    pngs = list((tiny_run / llc.LLC_DIR).glob("llc-total-mul-*.png"))
+    assert pngs and pngs[0].stat().st_size > 0
+    bad = CliRunner().invoke(app, ["llc", str(tiny_run), "--subset", "div", "-q"])
+    assert bad.exit_code == 2 and "allowed" in bad.output
+    bad = CliRunner().invoke(app, ["llc", "calibrate", str(tiny_run), "--step", "7", "-q"])
+    assert bad.exit_code == 2 and "no checkpoint at step 7" in bad.output

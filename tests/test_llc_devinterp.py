@@ -1,0 +1,115 @@
+"""Agreement with devinterp 1.3.2 (the optional ``llc-check`` extra; CI installs it).
+
+Same small transformer checkpoint, same settings (epsilon, gamma, nbeta given explicitly —
+devinterp's default nbeta uses the batch size), same minibatch size, same seed, same
+``L(w*)``: the two estimates must agree within the chains' spread. Both samplers draw their
+own noise (devinterp from the global generator, groklab from a local one), so the comparison
+is statistical, not bitwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from groklab.analysis import llc
+
+devinterp = pytest.importorskip("devinterp", reason="optional extra: pip install '.[llc-check]'")
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import groklab
+    from groklab.config import apply_overrides
+
+    cfg = apply_overrides(
+        groklab.get_preset("smoke"),
+        [
+            "data.p=23",
+            "data.train_fraction=0.5",
+            "model.d_model=32",
+            "model.d_head=8",
+            "model.d_mlp=64",
+            "optim.lr=1e-2",
+            "train.steps=150",
+            "train.eval_every=50",
+            "train.checkpoint_every=150",
+        ],
+    )
+    out = tmp_path_factory.mktemp("llc-devinterp") / "small"
+    groklab.train(cfg, out=out, progress=False)
+    return out
+
+
+def _devinterp(run, step: int, s: llc.LLCSettings, nbeta: float, init_loss: float) -> dict:
+    from devinterp.optim.sgld import SGLD
+    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from groklab.train.losses import token_losses
+
+    model = run.model_at(step)
+    task = run.task
+    loader = DataLoader(
+        TensorDataset(task.train_x, task.train_y),
+        batch_size=s.batch_size,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(s.seed),
+    )
+
+    def evaluate(m: torch.nn.Module, batch) -> torch.Tensor:
+        x, y = batch
+        logits = m(x, n_scored=task.n_scored)
+        return token_losses(logits, y, kind="cross_entropy", dtype=torch.float64).mean()
+
+    # devinterp warns freely (deprecations, seeding) and seeds the global generator per chain
+    with warnings.catch_warnings(), torch.random.fork_rng():
+        warnings.simplefilter("ignore")
+        return estimate_learning_coeff_with_summary(
+            model,
+            loader,
+            evaluate=evaluate,
+            sampling_method=SGLD,
+            optimizer_kwargs={"lr": s.epsilon, "localization": s.gamma, "nbeta": nbeta},
+            num_draws=s.draws,
+            num_chains=s.chains,
+            num_burnin_steps=s.burnin,
+            init_loss=init_loss,
+            cores=1,
+            seed=s.seed,
+            device="cpu",
+            verbose=False,
+        )
+
+
+def test_devinterp_version() -> None:
+    from importlib.metadata import version
+
+    assert version("devinterp") == "1.3.2"
+
+
+def test_agrees_with_devinterp(small_run: Path) -> None:
+    from groklab.run import load_run
+
+    run = load_run(small_run)
+    step = run.checkpoint_steps[-1]
+    s = llc.LLCSettings(
+        epsilon=1e-3, gamma=100.0, chains=8, draws=200, burnin=100, batch_size=64, seed=0
+    )
+    ours = llc.estimate_llc_at(run, step, s)
+    assert not ours.diverged and ours.warnings == ()
+    theirs = _devinterp(run, step, s, ours.nbeta, ours.init_loss)
+    spread = max(float(theirs["llc/std"]), ours.llc_std)
+    print(
+        f"groklab {ours.llc:.3f} ± {ours.llc_std:.3f}  devinterp {theirs['llc/mean']:.3f} ± "
+        f"{theirs['llc/std']:.3f}  (nbeta {ours.nbeta:.2f}, L(w*) {ours.init_loss:.4g})"
+    )
+    assert ours.llc > 0
+    assert abs(ours.llc - float(theirs["llc/mean"])) <= spread
+    # the traces have the same shape and level: devinterp's loss/trace is [chains, draws]
+    d_trace = theirs["loss/trace"]
+    assert d_trace.shape == ours.draws_trace.shape
+    assert abs(d_trace.mean() - ours.draws_trace.mean()) <= 2 * spread / ours.nbeta
