@@ -1,0 +1,297 @@
+"""``groklab sweep``: run a family of runs from a spec, and report on it.
+
+``groklab sweep SPEC`` is short for ``groklab sweep run SPEC``; ``groklab sweep status DIR``,
+``groklab sweep figures DIR`` and ``groklab sweep studies`` are the other subcommands.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+__all__ = ["register"]
+
+
+class _RunByDefault(TyperGroup):
+    """A group where an argument that is not a subcommand means ``run <that argument>``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+def _console() -> tuple[Any, Any]:
+    from groklab.cli import console, err_console
+
+    return console, err_console
+
+
+def _fail(msg: str) -> None:
+    from groklab.cli import _fail as fail
+
+    fail(msg)
+
+
+def _parse_seeds(text: str) -> list[int]:
+    from groklab.errors import ConfigError
+
+    try:
+        seeds = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ConfigError(f"--seeds {text!r} is not allowed; give integers like 0,1,2") from None
+    if not seeds:
+        raise ConfigError("--seeds is empty; give integers like 0,1,2")
+    return seeds
+
+
+def _cell(v: Any, fmt: str = "{}") -> str:
+    import pandas as pd
+
+    return "" if v is None or (not isinstance(v, str) and pd.isna(v)) else fmt.format(v)
+
+
+def _print_runs_table(status: Any, console: Any) -> None:
+    from rich.table import Table
+
+    t = Table(title="runs", title_justify="left")
+    for c in ("run", "status", "step", "grokked at", "error"):
+        t.add_column(c, overflow="fold")
+    for _, r in status.iterrows():
+        step = _cell(r["step"], "{:.0f}")
+        if step and _cell(r["steps"]):
+            step += _cell(r["steps"], "/{:.0f}")
+        style = {"failed": "red", "completed": "green", "stopped": "yellow"}.get(r["status"], "")
+        t.add_row(
+            r["run"] + (" (bisect)" if r["source"] == "bisect" else ""),
+            f"[{style}]{r['status']}[/]" if style else r["status"],
+            step,
+            _cell(r["grokking_step"], "{:.0f}"),
+            _cell(r["error"])[:80],
+        )
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    sweep_app = typer.Typer(
+        cls=_RunByDefault,
+        no_args_is_help=True,
+        help=(
+            "Run a family of runs from a sweep spec (TOML file or shipped study name); "
+            "`groklab sweep SPEC` = `groklab sweep run SPEC`."
+        ),
+    )
+
+    @sweep_app.command("run")
+    def run(
+        spec: Annotated[str, typer.Argument(help="sweep spec TOML, or a study name")],
+        workers: Annotated[
+            int | None,
+            typer.Option(
+                "--workers",
+                "-w",
+                help="local: worker processes (default: all cores); ray: runs in flight "
+                "(default: as the cluster schedules)",
+            ),
+        ] = None,
+        backend: Annotated[str, typer.Option("--backend", help="local or ray")] = "local",
+        address: Annotated[
+            str | None, typer.Option("--address", help="Ray cluster address (ray backend)")
+        ] = None,
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="sweep directory (sweeps/<name>)")
+        ] = None,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", help="override the base config: section.key=value"),
+        ] = None,
+        seeds: Annotated[
+            str | None, typer.Option("--seeds", help="replace the spec's seeds: 0,1,2")
+        ] = None,
+        option: Annotated[
+            list[str] | None,
+            typer.Option("--option", help="analysis option, e.g. llc.every=400 or llc.chains=2"),
+        ] = None,
+        only: Annotated[
+            list[str] | None,
+            typer.Option("--only", help="train only runs whose name matches this glob"),
+        ] = None,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="list the runs, train nothing")
+        ] = False,
+        no_figures: Annotated[bool, typer.Option("--no-figures", help="skip figures")] = False,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display")] = False,
+    ) -> None:
+        """Train every run of SPEC, skipping completed runs and resuming killed ones.
+
+        Prints the summary at the end; exit code 1 when some run failed.
+        """
+        from groklab.errors import GroklabError
+        from groklab.sweep import (
+            _cores,
+            expand,
+            format_summary,
+            load_spec,
+            run_sweep,
+            summary_columns,
+        )
+
+        console, err_console = _console()
+        try:
+            sp = load_spec(
+                spec,
+                sets=set_ or (),
+                seeds=_parse_seeds(seeds) if seeds else None,
+                options=option or (),
+            )
+            sweep_dir = out or Path("sweeps") / sp.name
+            if dry_run:
+                import fnmatch
+
+                runs = [
+                    r
+                    for r in expand(sp)
+                    if not only or any(fnmatch.fnmatchcase(r.name, pat) for pat in only)
+                ]
+                for r in runs:
+                    console.print(f"{sweep_dir / r.name}", highlight=False)
+                console.print(f"{len(runs)} runs", highlight=False)
+                return
+            n_workers = workers if workers is not None else (_cores() if backend == "local" else 0)
+            res = run_sweep(
+                sp,
+                sweep_dir,
+                workers=n_workers,
+                backend=backend,
+                address=address,
+                progress=not quiet,
+                only=only or (),
+                figures=not no_figures,
+                console=console,
+            )
+        except GroklabError as e:
+            _fail(str(e))
+            return
+        except KeyboardInterrupt:
+            err_console.print("interrupted; run the same command again to resume the sweep")
+            raise typer.Exit(130) from None
+        if len(res.points):
+            console.print(
+                format_summary(
+                    res.points,
+                    title=f"{sp.name}  ({sweep_dir})",
+                    extra=summary_columns(sp.study),
+                )
+            )
+        if res.bisect is not None:
+            b = res.bisect
+            msg = b.get("note") or (
+                f"critical {b['key']} between {b['lo']} (does not generalise) and {b['hi']} "
+                f"(generalises): about {b['estimate']}"
+            )
+            console.print(f"bisection: {msg}", highlight=False)
+        for r in res.results:
+            if r["status"] not in ("completed", "diverged"):
+                err_console.print(f"failed: {r['out']}: {r['error']}", highlight=False)
+        for f in res.figures:
+            console.print(f"figure: {f}", highlight=False)
+        console.print(
+            f"summary: {sweep_dir / 'summary.parquet'} (per run), "
+            f"{sweep_dir / 'points.parquet'} (per point)",
+            highlight=False,
+        )
+        if res.n_failed:
+            raise typer.Exit(1)
+
+    @sweep_app.command("status")
+    def status(
+        sweep_dir: Annotated[Path, typer.Argument(help="a sweep directory")],
+    ) -> None:
+        """Each run's state and the summary of the finished runs.
+
+        States: pending, running, stopped (killed: re-launch to resume), completed,
+        diverged, failed.
+        """
+        import json
+
+        from groklab.errors import GroklabError
+        from groklab.sweep import (
+            _read_sweep,
+            format_summary,
+            summarize_sweep,
+            summary_columns,
+            sweep_status,
+        )
+
+        console, _ = _console()
+        try:
+            st = sweep_status(sweep_dir)
+            _print_runs_table(st, console)
+            counts = st["status"].value_counts().to_dict() if len(st) else {}
+            console.print(
+                "  ".join(f"{k}: {v}" for k, v in sorted(counts.items())) or "no runs",
+                highlight=False,
+            )
+            _, points = summarize_sweep(sweep_dir, write=False)
+            if len(points) and points["n"].sum() > 0:
+                study = _read_sweep(sweep_dir).get("study")
+                console.print(
+                    format_summary(
+                        points, title=f"summary ({sweep_dir})", extra=summary_columns(study)
+                    )
+                )
+            bp = Path(sweep_dir) / "bisect.json"
+            if bp.exists():
+                b = json.loads(bp.read_text())
+                console.print(
+                    f"bisection on {b['key']}: lo={b.get('lo')} hi={b.get('hi')} "
+                    f"estimate={b.get('estimate')} {b.get('note') or ''}",
+                    highlight=False,
+                )
+        except GroklabError as e:
+            _fail(str(e))
+
+    @sweep_app.command("figures")
+    def figures(
+        sweep_dir: Annotated[Path, typer.Argument(help="a sweep directory")],
+    ) -> None:
+        """(Re)draw the study figures of a sweep into DIR/figures/."""
+        from groklab.errors import GroklabError
+        from groklab.studies import draw_study_figures
+
+        console, _ = _console()
+        try:
+            paths = draw_study_figures(sweep_dir)
+        except GroklabError as e:
+            _fail(str(e))
+            return
+        except ImportError as e:
+            _fail(str(e))
+            return
+        except FileNotFoundError:
+            _fail(f"{sweep_dir}: not a sweep directory (no sweep.json)")
+            return
+        for p in paths:
+            console.print(f"figure: {p}", highlight=False)
+        if not paths:
+            console.print("no study figures for this sweep", highlight=False)
+
+    @sweep_app.command("studies")
+    def studies() -> None:
+        """The shipped study specs (run one with `groklab sweep NAME`)."""
+        from rich.table import Table
+
+        from groklab.sweep import expand, list_studies, load_spec
+
+        console, _ = _console()
+        t = Table("study", "runs", "description")
+        for name in list_studies():
+            sp = load_spec(name)
+            t.add_row(name, str(len(expand(sp))), sp.description)
+        console.print(t)
+
+    app.add_typer(sweep_app, name="sweep")
