@@ -1,0 +1,396 @@
+"""Report figures on small synthetic inputs, the page assembly, and the data collection."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from groklab.report import build_report, collect, synthetic
+from groklab.report import figures as F
+from groklab.report.html import (
+    ReportError,
+    Section,
+    render_html,
+    sortable_table,
+)
+
+
+def _metrics(n: int = 50, *, every: int = 10) -> pd.DataFrame:
+    return synthetic.synthetic_metrics(np.arange(0, n * every + 1, every), grok=n * every * 0.5)
+
+
+def _traces(fig, name: str):
+    return [t for t in fig.data if t.name == name]
+
+
+def _xs(trace) -> np.ndarray:
+    return np.asarray(trace.x, dtype=float)
+
+
+# --------------------------------------------------------------------------- helpers
+def test_thin_indices_keeps_ends_budget_and_forced_rows():
+    steps = np.arange(0, 100_001, 10)
+    idx = F.thin_indices(steps, 300, keep=np.array([5555]))
+    assert idx[0] == 0 and idx[-1] == len(steps) - 1
+    assert len(idx) <= 301 and 5555 in idx
+    assert np.all(np.diff(idx) > 0)
+    # log-spaced half: the first decade of steps is represented by more than one point
+    assert (steps[idx] < 1000).sum() >= 20
+    assert np.array_equal(F.thin_indices(steps[:50], 300), np.arange(50))
+
+
+def test_smooth_is_a_log_step_window_mean():
+    steps = np.arange(1, 10_001, dtype=float)
+    const = F.smooth(steps, np.full(len(steps), 3.0))
+    assert np.allclose(const, 3.0)
+    # a window narrower than one step is the identity
+    y = np.sin(steps)
+    assert np.allclose(F.smooth(steps, y, decades=1e-9), y)
+    # at step 1000 with a 0.2-decade window: the mean over steps in [1000/10^0.1, 1000*10^0.1]
+    got = F.smooth(steps, steps, decades=0.2)[999]
+    lo, hi = math.ceil(1000 / 10**0.1), math.floor(1000 * 10**0.1)
+    assert got == pytest.approx((lo + hi) / 2)
+
+
+# --------------------------------------------------------------------------- run figures
+def test_loss_curves_every_subset_raw_and_smoothed_with_spikes():
+    m = synthetic.synthetic_metrics(
+        np.arange(0, 20_001, 5), grok=8000, subsets=("add", "mul"), spikes=(12_000,)
+    )
+    late = m[m["step"] > 5000]
+    spike_step = int(late.loc[late["train/loss"].idxmax(), "step"])
+    assert spike_step == 12_000
+    spikes = pd.DataFrame({"step": [spike_step], "column": ["train/loss"]})
+    fig = F.loss_curves(
+        m, spikes=spikes, phase_changes=[("test/loss", 6000, 8000, 9000)], max_points=400
+    )
+    for name in ("train", "test", "test/add", "test/mul"):
+        assert len(_traces(fig, name)) == 1, name  # the rolling mean, in the legend
+        assert len(_traces(fig, f"{name} (raw)")) == 1, name
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    raw = _traces(fig, "train (raw)")[0]
+    assert len(raw.x) <= 400 + 400 // 20
+    # the spike survives thinning in the raw curve and is marked at its exact step
+    assert spike_step in _xs(raw)
+    (mark,) = [t for t in fig.data if (t.name or "").startswith("spikes")]
+    assert list(mark.x) == [spike_step]
+    assert mark.y[0] == pytest.approx(m.set_index("step").loc[spike_step, "train/loss"], rel=1e-6)
+    (pc,) = _traces(fig, "phase changes")
+    assert list(pc.x) == [8000] and "onset 6000" in pc.text[0]
+    # step 0 cannot be drawn on a log axis and is left out, not clipped
+    assert 0 not in _xs(raw)
+
+
+def test_accuracy_curves_marks_on_log_axis():
+    m = _metrics()
+    fig = F.accuracy_curves(m, marks={"memorised": 100, "grokked": 250, "never": None})
+    assert {t.name for t in fig.data} >= {"train", "test", "train (raw)", "test (raw)"}
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert sorted(s.x0 for s in lines) == [100, 250]  # shapes: data units
+    ann = sorted(a.x for a in fig.layout.annotations)  # annotations: log10 units
+    assert ann == pytest.approx([2.0, math.log10(250)])
+    assert fig.layout.yaxis.range == (-0.02, 1.02)
+
+
+def test_weight_norms_one_trace_per_matrix_total_last():
+    m = _metrics()
+    fig = F.weight_norms(m)
+    cols = [c for c in m.columns if c.startswith("wnorm/")]
+    assert len(fig.data) == len(cols)
+    assert fig.data[-1].name == "total" and fig.data[-1].line.width == 3
+    assert np.allclose(fig.data[-1].y, m["wnorm/total"].to_numpy()[1:], rtol=1e-6)
+
+
+def test_progress_measures_bands_and_panels():
+    d = synthetic.synthetic_run_data(n_checkpoints=40, eval_every=100)
+    bands = [("memorisation", 0, 200), ("circuit formation", 200, 1000), ("cleanup", 1000, None)]
+    fig = F.progress_measures(
+        d.progress,
+        loss_columns=["add/train_loss", "add/test_loss", "add/restricted_loss", "missing"],
+        weight_column="sumsq/total",
+        bands=bands,
+        grokking_step=1200,
+    )
+    names = [t.name for t in fig.data]
+    assert names[:4] == ["add/train_loss", "add/test_loss", "add/restricted_loss", "sumsq/total"]
+    rects = [s for s in fig.layout.shapes if s.type == "rect"]
+    assert len(rects) == 3 * 2  # each band on both panels
+    assert max(s.x1 for s in rects) == 4000  # an open band runs to the last step
+    assert [n for n in names if n and n.startswith("cleanup")] == ["cleanup 1,000–4,000"]
+    assert fig.layout.yaxis.type == "log"
+
+
+def test_fourier_norms_highlights_exactly_the_key_frequencies():
+    c = synthetic.synthetic_circuit(p=13, key_freqs=(2, 5), d_mlp=16)
+    fig = F.fourier_norms(
+        {"W_E": c.we_norms, "W_L": c.wl_norms}, labels=c.labels, key_frequencies=c.key_freqs
+    )
+    assert len(fig.data) == 2
+    red = [
+        lb
+        for lb, col in zip(fig.data[0].x, fig.data[0].marker.color, strict=True)
+        if col == "#d1495b"
+    ]
+    assert red == ["cos 2", "sin 2", "cos 5", "sin 5"]
+    assert np.allclose(fig.data[1].y, c.wl_norms, rtol=1e-6)
+
+
+def test_neuron_clusters_counts_and_heatmap():
+    freq = np.array([3, 3, 7, 7, 7, 1])
+    share = np.array([0.9, 0.95, 0.88, 0.99, 0.5, 0.3])
+    clustered = share >= 0.85
+    fig = F.neuron_clusters(freq=freq, share=share, clustered=clustered)
+    bar = fig.data[-1]
+    assert list(bar.x) == ["k=3", "k=7", "none"] and list(bar.y) == [2, 2, 2]
+    assert "67% of 6 neurons" in fig.layout.title.text
+    fractions = np.zeros((6, 7))
+    fractions[np.arange(6), freq - 1] = share
+    fig = F.neuron_clusters(freq=freq, share=share, clustered=clustered, fractions=fractions)
+    heat = fig.data[0]
+    z = np.asarray(heat.z)
+    assert z.shape == (6, 7)
+    # clustered neurons first, grouped by frequency: rows 0-1 are frequency 3, 2-3 frequency 7
+    assert list(z.argmax(axis=1)[:4]) == [2, 2, 6, 6]
+
+
+def test_fourier_2d_and_embedding_panels():
+    c = synthetic.synthetic_circuit(p=11, key_freqs=(2,), d_mlp=8)
+    fig = F.fourier_2d({"neuron activations": c.neuron_2d, "logits": c.logit_2d}, labels=c.labels)
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    assert np.asarray(fig.data[1].z).shape == (11, 11)
+    fig = F.embedding_pcs(
+        {"PC 1 vs PC 2": c.pca, "frequency 2": c.circles["2"]}, tokens=list(range(11))
+    )
+    assert len(fig.data) == 2 and all(len(t.x) == 11 for t in fig.data)
+    assert fig.layout.yaxis.scaleanchor == "x"  # circles look like circles
+
+
+def test_llc_figures():
+    d = synthetic.synthetic_run_data(n_checkpoints=20, ops=("add", "mul"), draws=20)
+    fig = F.llc_curve(
+        d.llc,
+        test_loss=d.metrics[["step", "test/loss", "test/add/loss"]],
+        bands=[("memorisation", 0, 100)],
+    )
+    names = [t.name for t in fig.data]
+    assert {"LLC (total)", "LLC (add)", "LLC (mul)", "test/loss", "test/add/loss"} <= set(names)
+    total = _traces(fig, "LLC (total)")[0]
+    band = next(t for t in fig.data if t.fill == "toself")  # ± sd of the first series
+    g = d.llc[d.llc["series"] == "total"]
+    assert np.allclose(band.y[: len(g)], g["llc"] + g["llc_std"], rtol=1e-5)
+    assert np.allclose(total.y, g["llc"], rtol=1e-5)
+    assert fig.layout.yaxis2.type == "log"  # the test loss axis
+    diag = F.llc_diagnostics(d.llc)
+    assert len(diag.data) == 3 * 3  # 3 panels x 3 series
+    assert [a.text for a in diag.layout.annotations][:3] == [
+        "second half / first half",
+        "share of draws below L(w*)",
+        "chains diverged (excluded)",
+    ]
+    tr = F.llc_traces(d.llc_traces["total"], steps=[0, 2000, 99], burnin=100, init_loss=g)
+    assert len(tr.data) == 2 * 4  # two existing checkpoints x 4 chains; 99 has no trace
+    assert all(len(t.x) == 120 for t in tr.data)
+
+
+# --------------------------------------------------------------------------- sweep figures
+def test_grokking_vs_variable_counts_never_grokked_runs():
+    t = pd.DataFrame(
+        {
+            "wd": [1.0, 1.0, 1.0, 0.3, 0.3, 0.3],
+            "grokking_step": [1000, 1200, np.nan, 3000, np.nan, np.nan],
+        }
+    )
+    fig = F.grokking_vs_variable(t, variable="wd", budget=5000)
+    (never,) = [tr for tr in fig.data if (tr.name or "").endswith("never (3)")]
+    assert list(never.y) == [5000] * 3 and sorted(never.x) == [0.3, 0.3, 1.0]
+    (mean,) = [tr for tr in fig.data if (tr.name or "").endswith("mean ± sd")]
+    by_x = dict(zip(mean.x, mean.y, strict=True))
+    assert by_x[1.0] == pytest.approx(1100) and by_x[0.3] == pytest.approx(3000)
+    assert list(map(list, mean.customdata)) == [[1, 3], [2, 3]]  # reached / seeds, by x
+    # grouped: one mean line per group
+    t["op"] = ["add", "mul"] * 3
+    fig = F.grokking_vs_variable(t, variable="wd", group="op")
+    assert sum((tr.name or "").endswith("mean ± sd") for tr in fig.data) == 2
+
+
+def test_overlaid_curves_and_llc_by_ratio_colours():
+    curves = {f"run{i}": _metrics(30) for i in range(3)}
+    fig = F.overlaid_curves(curves, column="test/acc", colours={"run1": "#000000"})
+    assert [t.name for t in fig.data] == ["run0", "run1", "run2"]
+    assert fig.data[1].line.color == "#000000"
+    assert F.ratio_colour(0.5, lo=0.3, hi=0.7) == "rgb(31,95,200)"  # even: blue
+    assert F.ratio_colour(0.3, lo=0.3, hi=0.7) == "rgb(214,39,40)"  # most uneven: red
+    assert F.ratio_colour(0.7, lo=0.3, hi=0.7) == "rgb(214,39,40)"
+    llc = {
+        r: pd.DataFrame({"step": [0, 10, 20], "llc": [1.0, 5.0, 2.0 + r]})
+        for r in (0.3, 0.4, 0.5, 0.6, 0.7)
+    }
+    fig = F.llc_by_ratio(llc, column="llc", label="add share")
+    assert len(fig.data) == 5
+    assert fig.data[-1].name == "add share 0.5"  # even ratio drawn last, on top
+    colours = {t.name: t.line.color for t in fig.data}
+    assert colours["add share 0.4"] == colours["add share 0.6"]  # symmetric around even
+
+
+def test_figures_embed_float32_data():
+    fig = F.loss_curves(_metrics())
+    spec = json.loads(fig.to_json())
+    assert spec["data"][0]["y"]["dtype"] == "f4"  # half the bytes of float64
+
+
+# --------------------------------------------------------------------------- page + collect
+def test_render_html_is_offline_and_marks_absent_sections():
+    fig = F.loss_curves(_metrics())
+    page = render_html(
+        "t",
+        [
+            Section("loss", "Loss", figures={"loss": fig}),
+            Section("llc", "LLC", absent="no LLC", command="groklab llc runs/x"),
+        ],
+    )
+    assert page.count("Plotly.newPlot") == 1  # one drawing routine for every figure
+    assert page.count('data-fig="loss"') == 1 and 'id="fig-loss-json"' in page
+    assert "<code>groklab llc runs/x</code>" in page and "Not available" in page
+    from plotly.offline import get_plotlyjs
+
+    assert page.count(get_plotlyjs()) == 1  # plotly.js inline, once
+    ours = page.replace(get_plotlyjs(), "")
+    assert "http://" not in ours and "https://" not in ours and " src=" not in ours
+
+
+def test_sortable_table_keeps_raw_values_and_escapes():
+    t = sortable_table(["name", "steps"], [("<b>", 1200), ("a", None)], table_id="t")
+    assert 'data-v="1200"' in t and "1,200" in t and "&lt;b&gt;" in t and 'data-v=""' in t
+
+
+def test_figure_json_cannot_close_its_script_block():
+    fig = F.overlaid_curves({"</script><b>": _metrics(5)}, column="test/acc")
+    page = render_html("t", [Section("c", "C", figures={"c": fig})])
+    blob = page.split('id="fig-c-json">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(blob)["data"][0]["name"] == "</script><b>"
+
+
+def test_run_sections_all_present_for_full_data():
+    d = synthetic.synthetic_run_data(n_checkpoints=30, ops=("add", "mul"), draws=20)
+    secs = collect.run_sections(d)
+    assert [s.key for s in secs] == [
+        "summary",
+        "loss",
+        "accuracy",
+        "progress",
+        "fourier",
+        "neurons",
+        "fourier-2d",
+        "embedding",
+        "weights",
+        "llc",
+    ]
+    assert all(s.absent is None for s in secs)
+    names = {n for s in secs for n in s.figures}
+    assert {
+        "progress-measures-add",
+        "progress-measures-mul",
+        "fourier-norms-add",
+        "fourier-norms-mul",
+        "llc",
+        "llc-diagnostics",
+        "llc-traces",
+    } <= names
+    assert "14, 35, 41, 42, 52" in secs[0].html  # key frequencies in the summary card
+
+
+def test_run_sections_absent_name_the_commands(tmp_path):
+    d = synthetic.synthetic_run_data(n_checkpoints=10, path="runs/my run")
+    d.progress, d.phases, d.circuits, d.llc = None, None, {}, None
+    secs = {s.key: s for s in collect.run_sections(d)}
+    for k in ("progress", "fourier", "neurons", "fourier-2d", "embedding"):
+        assert secs[k].absent and secs[k].command == "groklab analyze 'runs/my run'"
+    assert secs["llc"].command == "groklab llc 'runs/my run'"
+    assert secs["loss"].absent is None and secs["weights"].absent is None
+
+
+def test_circuit_from_snapshot_dict():
+    snap = {
+        "op": "mul",
+        "step": 30,
+        "component_labels": ["const", "cos 1", "sin 1"],
+        "key_freqs": [1],
+        "we_component_norms": [0.1, 2.0, 2.0],
+        "wl_component_norms": None,
+        "neuron_freq": [1, 1],
+        "neuron_share": [0.9, 0.2],
+        "neuron_clustered": [True, False],
+        "clustered_share": 0.5,
+        "cluster_threshold": 0.85,
+        "fit_fve": 0.9,
+        "neuron_fourier_2d": None,
+        "logit_fourier_2d": [[1, 2, 3]] * 3,
+        "pca_coords": [[0, 1], [1, 0], [0, -1]],
+        "pca_explained": [0.5, 0.4],
+        "circles": {"1": [[0, 1], [1, 0], [0, -1]]},
+        "residues": [1, 2, 4],
+    }
+    c = collect.circuit_from_snapshot(snap)
+    assert c.op == "mul" and c.wl_norms is None and c.neuron_2d is None
+    assert c.logit_2d.shape == (3, 3) and c.circles["1"].shape == (3, 2)
+    assert c.neuron_clustered.dtype == bool and c.residues == [1, 2, 4]
+
+
+def test_build_report_refuses_other_directories(tmp_path):
+    with pytest.raises(ReportError, match="not a run directory"):
+        build_report(tmp_path)
+    with pytest.raises(ReportError, match="no such directory"):
+        build_report(tmp_path / "nope")
+
+
+def test_sweep_report_from_a_sweep_directory(tmp_path):
+    """A sweep directory as `groklab sweep` lays it out (no training: synthetic metrics)."""
+    from groklab.config import apply_overrides, save_config
+    from groklab.presets import get_preset
+
+    sweep = tmp_path / "wd"
+    runs = []
+    for wd in (1.0, 0.3):
+        for seed in (0, 1):
+            name = f"optim.weight_decay={wd}__seed={seed}"
+            cfg = apply_overrides(
+                get_preset("smoke"), [f"optim.weight_decay={wd}", f"train.seed={seed}"]
+            )
+            rd = sweep / name
+            rd.mkdir(parents=True)
+            (rd / "config.toml").write_text(save_config(cfg))
+            (rd / "manifest.json").write_text(json.dumps({"status": "completed"}))
+            grok = 1000 if wd == 1.0 else 10**9  # wd 0.3 never groks within the budget
+            synthetic.synthetic_metrics(np.arange(0, 3001, 50), grok=grok, seed=seed).to_parquet(
+                rd / "metrics.parquet"
+            )
+            runs.append(
+                {
+                    "name": name,
+                    "group": f"optim.weight_decay={wd}",
+                    "seed": seed,
+                    "overrides": [["optim.weight_decay", wd], ["train.seed", seed]],
+                }
+            )
+    (sweep / "sweep.json").write_text(
+        json.dumps(
+            {
+                "name": "wd",
+                "description": "weight decay",
+                "seed_keys": ["train.seed"],
+                "analyses": [],
+                "runs": runs,
+            }
+        )
+    )
+    res = build_report(sweep, static=False)
+    assert res["sections"]["summary"] == "shown" and res["sections"]["grokking"] == "shown"
+    assert res["sections"]["curves"] == "shown"
+    assert "llc-ratio" not in res["sections"]  # not a multi-operation sweep
+    page = (sweep / "report.html").read_text()
+    assert 'id="sweep-runs"' in page and page.count("<tr>") >= 5
+    assert 'data-fig="grokking-vs-optim-weight-decay"' in page
