@@ -40,7 +40,8 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
-def _print_summary(run_path: Path) -> None:
+def _print_summary(run_path: Path, *, report: bool = False) -> None:
+    """Print a run's summary table; with ``report``, also write its report and print its path."""
     from groklab.run import load_run
 
     run = load_run(run_path)
@@ -66,6 +67,10 @@ def _print_summary(run_path: Path) -> None:
         )
     t.add_row("split hash / seed", f"{m.get('split_hash')} / {m.get('seed')}")
     console.print(t)
+    if report:
+        from groklab.commands.report import write_and_print
+
+        write_and_print(run_path)
 
 
 @app.command()
@@ -90,6 +95,10 @@ def train(
         Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N")
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+    report: Annotated[
+        bool,
+        typer.Option("--report", help="write DIR/report.html (and figures/) at the end"),
+    ] = False,
 ) -> None:
     """Train a model (a preset, a config file, or defaults = the nanda2023 run)."""
     from groklab.config import apply_overrides, load_config
@@ -104,10 +113,10 @@ def train(
             run = load_run(resume)
             if run.status == "completed":
                 console.print(f"{resume}: already completed; nothing to do")
-                _print_summary(resume)
+                _print_summary(resume, report=report)
                 return
             run_training(run.config, resume, resume=True, progress=not quiet)
-            _print_summary(resume)
+            _print_summary(resume, report=report)
             return
         if preset and config:
             _fail("give --preset or --config, not both")
@@ -120,7 +129,7 @@ def train(
         cfg = apply_overrides(cfg, overrides)
         path = out or Path("runs") / cfg.name
         run_training(cfg, path, progress=not quiet)
-        _print_summary(path)
+        _print_summary(path, report=report)
     except GroklabError as e:
         _fail(str(e))
     except KeyboardInterrupt:
