@@ -115,7 +115,14 @@ def test_progress_measures_agree_with_direct_computation(tiny_run):
         (glog,), _ = pm.grid_logits(model, [grid])
         assert row["add/restricted_loss"] == pytest.approx(pm.restricted_loss(glog, grid, [1, 3]))
         assert row["add/excluded_loss/k3"] == pytest.approx(pm.excluded_loss(glog, grid, [3]))
+        assert row["add/restricted_train_loss"] == pytest.approx(
+            pm.restricted_loss(glog, grid, [1, 3], rows=grid.train)
+        )
+        assert row["add/excluded_loss"] == pytest.approx(pm.excluded_loss(glog, grid, [1, 3]))
         assert row["add/logit_fve"] == pytest.approx(fr.logit_fit(glog, grid, [1, 3]).fve)
+        assert row["add/test_acc"] == pytest.approx(pm.split_metrics(glog, grid, grid.test)[1])
+        power = fr.logit_frequency_power(glog, grid)
+        assert row["add/key_freqs"] == " ".join(map(str, fr.key_frequencies(power)))
         w = run.weights_at(step)
         assert row["sumsq/total"] == pytest.approx(
             sum(float(v.double().pow(2).sum()) for v in w.values())

@@ -18,8 +18,8 @@ boundaries by a rule on two of the measures, the sum of squared weights ``W(t)``
    contiguous intervals whose rate is at least ``half`` (default 0.5) of that maximum — the
    full width at half maximum of the decline-rate peak. Cleanup starts at the beginning of the
    first of those intervals and ends at the end of the last; circuit formation ends where
-   cleanup starts. Cleanup is only looked for in a run that grokked (for mixed runs, on the
-   operation that grokked last, averaged over operations when several are analysed).
+   cleanup starts. Cleanup is only looked for in a run that grokked; in a mixed run ``L`` is
+   the mean of the operations' test losses and "grokked" means every operation did.
 3. **The grokking step** is the first evaluated step with test accuracy ≥ ``acc`` (default
    0.99), from the run's ``metrics.parquet`` when given (it is evaluated more often than
    checkpoints are saved), else from the progress table; per operation for mixed runs.

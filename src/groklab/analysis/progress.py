@@ -268,44 +268,113 @@ def resolve_key_freqs(
     return out
 
 
-def _op_measures(
-    logits: torch.Tensor,
-    grid: fr.OperationGrid,
-    keys: list[int],
-    *,
-    threshold: float,
-) -> dict[str, Any]:
-    """Every logit-based measure of one operation at one checkpoint."""
-    op = grid.op
-    profile, counts = fr.sum_profile(logits, grid), fr.sum_counts(grid)
-    row: dict[str, Any] = {}
-    row[f"{op}/train_loss"], row[f"{op}/train_acc"] = split_metrics(logits, grid, grid.train)
-    row[f"{op}/test_loss"], row[f"{op}/test_acc"] = split_metrics(logits, grid, grid.test)
+class _Plan:
+    """Everything about one operation's measures that does not depend on the weights.
 
-    f_r = fr.sum_functions(grid.n, keys, constant=True)
-    restricted = f_r[grid.target] @ fr.project_on_sum(profile, counts, f_r)
-    row[f"{op}/restricted_loss"] = split_metrics(restricted, grid, grid.test)[0]
-    row[f"{op}/restricted_train_loss"] = split_metrics(restricted, grid, grid.train)[0]
+    Every projection used here is onto functions of the answer index ``s``, so it maps the
+    ``n × n_out`` profile of the logits (:func:`~groklab.analysis.fourier.sum_profile`) to an
+    ``n × n_out`` table ``V`` whose row ``s_r`` is the projected logit row ``r``. Restricted
+    logits are therefore scored on ``n`` distinct rows; only the excluded loss and the plain
+    losses touch every grid row.
+    """
 
-    train_logits, train_target = logits[grid.train], grid.target[grid.train]
+    def __init__(self, grid: fr.OperationGrid, keys: list[int], *, threshold: float) -> None:
+        self.grid, self.keys, self.threshold = grid, keys, threshold
+        self.counts = fr.sum_counts(grid)
+        self.target = grid.target
+        self.train_idx = torch.nonzero(grid.train).flatten()
+        self.train_target = grid.target[self.train_idx]
+        self.n_train = torch.bincount(self.train_target, minlength=grid.n).double()
+        self.n_test = torch.bincount(grid.target[grid.test], minlength=grid.n).double()
+        self.p_restrict = self._operator(keys, constant=True)
+        self.p_exclude = {"all": self._operator(keys)} | {k: self._operator([k]) for k in keys}
+        # Per-frequency power: |P_k L|² = tr(A_kᵀ G_k⁺ A_k) with A_k = F_kᵀ·profile.
+        self.freqs = list(range(1, grid.n // 2 + 1))
+        f_all, ginv = [], []
+        for k in self.freqs:
+            f = fr.sum_functions(grid.n, [k])
+            if f.shape[1] == 1:  # Nyquist: one function; pad to two with a zero column
+                f = torch.cat([f, torch.zeros_like(f)], dim=1)
+            gram = f.T @ (self.counts[:, None] * f)
+            f_all.append(f)
+            ginv.append(torch.linalg.pinv(gram, hermitian=True))
+        self.f_all = torch.cat(f_all, dim=1)  # [n, 2·n_freqs]
+        self.ginv = torch.stack(ginv)  # [n_freqs, 2, 2]
+        # Logit fit: design cos(w_k(v − c)) over (answer index v, class c).
+        v = torch.arange(grid.n, dtype=torch.float64)
+        diff = v[:, None] - v[None, :]
+        self.fit_table = (
+            torch.stack([torch.cos(2 * math.pi * k / grid.n * diff) for k in keys])
+            if keys
+            else None
+        )
+        if self.fit_table is not None:
+            xtx = torch.einsum("jvc,kvc,v->jk", self.fit_table, self.fit_table, self.counts)
+            self.fit_xtx = xtx
+            self.fit_xtx_inv = torch.linalg.pinv(xtx, hermitian=True)
 
-    def excl(freqs: list[int]) -> float:
-        f_e = fr.sum_functions(grid.n, freqs)
-        removed = f_e[train_target] @ fr.project_on_sum(profile, counts, f_e)
-        return F.cross_entropy(train_logits - removed, train_target).item()
+    def _operator(self, freqs: list[int], *, constant: bool = False) -> torch.Tensor | None:
+        """``[n, n]`` the projection onto ``funcs(s)`` acting on profiles: ``V = P @ profile``."""
+        f = fr.sum_functions(self.grid.n, freqs, constant=constant)
+        if f.shape[1] == 0:
+            return None
+        gram = f.T @ (self.counts[:, None] * f)
+        return f @ torch.linalg.pinv(gram, hermitian=True) @ f.T
 
-    if bool(grid.train.any()):
-        row[f"{op}/excluded_loss"] = excl(keys)
-        for k in keys:
-            row[f"{op}/excluded_loss/k{k}"] = excl([k])
-    row[f"{op}/logit_fve"] = fr.logit_fit(logits, grid, keys).fve
+    def _row_loss(self, table: torch.Tensor, weights: torch.Tensor) -> float:
+        """Mean CE of rows whose logits are ``table[s]`` and answer ``s``, weighted by count."""
+        total = weights.sum()
+        if total <= 0:
+            return math.nan
+        per_value = -table.log_softmax(dim=1).diagonal()
+        return float((weights * per_value).sum() / total)
 
-    power = torch.zeros(grid.n // 2 + 1, dtype=torch.float64)
-    for k in range(1, grid.n // 2 + 1):
-        f = fr.sum_functions(grid.n, [k])
-        power[k] = (counts[:, None] * (f @ fr.project_on_sum(profile, counts, f)).pow(2)).sum()
-    row[f"{op}/key_freqs"] = " ".join(map(str, fr.key_frequencies(power, threshold=threshold)))
-    return row
+    def measures(self, logits: torch.Tensor) -> dict[str, Any]:
+        """Every logit-based measure at one checkpoint (``logits``: ``[n·n, n]`` float64)."""
+        g, op = self.grid, self.grid.op
+        row: dict[str, Any] = {}
+        logp = logits.log_softmax(dim=1)
+        nll = -logp.gather(1, self.target[:, None]).squeeze(1)
+        hit = (logits.argmax(dim=1) == self.target).double()
+        for split, mask in (("train", g.train), ("test", g.test)):
+            any_rows = bool(mask.any())
+            row[f"{op}/{split}_loss"] = float(nll[mask].mean()) if any_rows else math.nan
+            row[f"{op}/{split}_acc"] = float(hit[mask].mean()) if any_rows else math.nan
+
+        profile = fr.sum_profile(logits, g)
+        restricted = self.p_restrict @ profile  # [n, n]: restricted logits of answer index s
+        row[f"{op}/restricted_loss"] = self._row_loss(restricted, self.n_test)
+        row[f"{op}/restricted_train_loss"] = self._row_loss(restricted, self.n_train)
+
+        if len(self.train_idx):
+            train_logits = logits[self.train_idx]
+            for name, proj in self.p_exclude.items():
+                if proj is None:
+                    loss = F.cross_entropy(train_logits, self.train_target).item()
+                else:
+                    removed = (proj @ profile)[self.train_target]
+                    loss = F.cross_entropy(train_logits - removed, self.train_target).item()
+                col = f"{op}/excluded_loss" if name == "all" else f"{op}/excluded_loss/k{name}"
+                row[col] = loss
+
+        if self.fit_table is None:
+            row[f"{op}/logit_fve"] = 0.0
+        else:
+            centred = profile - profile.mean(dim=1, keepdim=True)
+            # |L − rowmean|² without materialising the centred logits.
+            ss_tot = float(logits.pow(2).sum() - logits.sum(dim=1).pow(2).sum() / logits.shape[1])
+            xty = torch.einsum("kvc,vc->k", self.fit_table, centred)
+            coef = self.fit_xtx_inv @ xty
+            resid = ss_tot - 2 * float(coef @ xty) + float(coef @ self.fit_xtx @ coef)
+            row[f"{op}/logit_fve"] = 1.0 - resid / ss_tot if ss_tot > 0 else 0.0
+
+        a = (self.f_all.T @ profile).reshape(len(self.freqs), 2, -1)  # [freq, 2, n_out]
+        power = torch.zeros(g.n // 2 + 1, dtype=torch.float64)
+        power[1:] = torch.einsum("kic,kij,kjc->k", a, self.ginv, a)
+        row[f"{op}/key_freqs"] = " ".join(
+            map(str, fr.key_frequencies(power, threshold=self.threshold))
+        )
+        return row
 
 
 def progress_measures(
@@ -352,6 +421,7 @@ def progress_measures(
     final = dict(zip(ops, grid_logits(model, grid_list)[0], strict=True))
     keys = resolve_key_freqs(key_freqs, ops, final, grids, threshold=threshold)
 
+    plans = {op: _Plan(grids[op], keys[op], threshold=threshold) for op in ops}
     rows = []
     for i, step in enumerate(chosen):
         weights = run.weights_at(step)
@@ -359,7 +429,7 @@ def progress_measures(
         logits = grid_logits(model, grid_list)[0]
         row: dict[str, Any] = {"step": step}
         for op, lg in zip(ops, logits, strict=True):
-            row.update(_op_measures(lg, grids[op], keys[op], threshold=threshold))
+            row.update(plans[op].measures(lg))
             row[f"{op}/gini_W_E"], row[f"{op}/gini_W_L"] = _ginis(weights, grids[op], bases[op])
         row.update(_weight_sumsq(weights))
         rows.append(row)

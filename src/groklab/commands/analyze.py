@@ -182,8 +182,11 @@ def import_(
     ] = None,
     act: Annotated[str, typer.Option("--act", help="MLP activation: relu or gelu")] = "relu",
 ) -> None:
-    """Turn a checkpoint of the published progress-measures code or a TransformerLens
-    HookedTransformer state dict into a groklab run directory (then `groklab analyze OUT`)."""
+    """Import a published progress-measures or TransformerLens checkpoint as a groklab run.
+
+    Reads SRC with torch.load(weights_only=True) only, infers the config from the shapes,
+    keeps the loss history as metrics; then run `groklab analyze OUT`.
+    """
     from rich.console import Console
 
     from groklab.analysis.importer import import_checkpoint
