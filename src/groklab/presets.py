@@ -107,7 +107,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "smoke",
-            "small transformer on (a+b) mod 53 that groks on a laptop CPU in about a minute",
+            "small transformer on (a+b) mod 53, 50% train: memorises by step ~100, groks at "
+            "~1,050 (about 20 s of one CPU core); 3,000 steps",
             _smoke,
         ),
         Preset(
