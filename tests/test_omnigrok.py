@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from dataclasses import replace
@@ -13,13 +14,17 @@ import torch
 
 import groklab
 from groklab.analysis.omnigrok import (
+    ANALYSIS,
     PhaseRule,
+    analyze_run,
     classify,
     delay_summary,
     layer_norms,
     omnigrok_phase_diagram,
     phase_diagram_figure,
     settle_step,
+    study_figures,
+    sweep_phase_table,
 )
 from groklab.config import (
     DataConfig,
@@ -227,6 +232,22 @@ def test_phase_diagram_driver_runs_and_reuses_the_grid(
     more = omnigrok_phase_diagram(base, alphas=[8, 2], train_sizes=[60], out=tmp_path, figure=False)
     assert (tmp_path / "alpha8-n60" / "metrics.parquet").stat().st_mtime_ns == mtime
     assert more["alpha"].tolist() == [8.0, 2.0] and (tmp_path / "alpha2-n60").is_dir()
+
+    # the sweep analysis and the study figures read the same runs
+    res = analyze_run(tmp_path / "alpha8-n60", gen_acc=0.05)
+    expect = classify(groklab.load_run(tmp_path / "alpha8-n60").metrics, PhaseRule(gen_acc=0.05))
+    assert res["phase"] == expect.phase and res["t_gen"] == 0  # 5% is reached at once
+    assert (res["alpha"], res["train_size"]) == (8.0, 60)
+    names = ["alpha1-n60", "alpha8-n60", "alpha1-n120", "alpha8-n120"]
+    spec = {"analysis_options": {ANALYSIS: {"gen_acc": 0.05}}}
+    (tmp_path / "sweep.json").write_text(
+        json.dumps({"spec": spec, "runs": [{"name": n} for n in names]})
+    )
+    swept = sweep_phase_table(tmp_path)
+    assert len(swept) == 4 and (swept["t_gen"] == 0).all()  # the spec's rule was used
+    figs = study_figures(tmp_path)
+    assert set(figs) == {"phase_diagram", "curves"}
+    assert len(figs["curves"].axes[0].get_legend().get_texts()) == 2  # both alphas at n = 60
 
 
 # ----------------------------------------------------------------------------- science
