@@ -39,7 +39,9 @@ __all__ = [
 ]
 
 OPERATIONS = ("add", "sub", "mul", "div", "quad")
-TASKS = ("modular", "digits", "mnist")
+TASKS = ("modular", "digits", "mnist", "digit-add", "repeat-subseq", "max-element", "sparse-parity")
+# Generated sequence tasks (groklab.tasks.*): infinite data unless data.train_size is set.
+ZOO_TASKS = ("digit-add", "repeat-subseq", "max-element", "sparse-parity")
 IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
 
 
@@ -61,6 +63,50 @@ def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> Non
         raise ConfigError(f"{section}.{name}={value!r} is not allowed; must be {allowed}")
 
 
+# Fields of the generated tasks, and the tasks each applies to (None = that task's default).
+_ZOO_FIELDS = {
+    "n_digits": ("digit-add",),
+    "vocab_size": ("repeat-subseq",),
+    "seq_len": ("repeat-subseq", "max-element"),
+    "repeat_len": ("repeat-subseq",),
+    "n_tasks": ("sparse-parity",),
+    "n_bits": ("sparse-parity",),
+    "parity_k": ("sparse-parity",),
+    "zipf_alpha": ("sparse-parity",),
+}
+
+
+def _check_zoo_fields(d: DataConfig) -> None:
+    """Fields of the generated tasks: set only for their task, each in range."""
+    s = "data"
+    for name, tasks in _ZOO_FIELDS.items():
+        v = getattr(d, name)
+        if v is None:
+            continue
+        if d.task not in tasks:
+            raise ConfigError(
+                f"data.{name} applies only to data.task {' or '.join(tasks)} (task is {d.task!r})"
+            )
+        if name == "zipf_alpha":
+            _check(math.isfinite(v) and v >= 0, s, name, v, "a finite number >= 0")
+        else:
+            _check(v >= 1, s, name, v, "a positive integer")
+    if d.n_digits is not None:
+        _check(d.n_digits <= 30, s, "n_digits", d.n_digits, "in 1..30")
+    if d.task == "repeat-subseq":
+        length, rep = d.seq_len or 85, d.repeat_len or 16
+        _check(rep >= 2, s, "repeat_len", rep, ">= 2")
+        _check(length >= 2 * rep, s, "seq_len", length, f">= 2 * repeat_len ({2 * rep})")
+        _check((d.vocab_size or 128) >= 2, s, "vocab_size", d.vocab_size, ">= 2")
+    if d.task == "sparse-parity":
+        k, n = d.parity_k or 3, d.n_bits or 50
+        _check(k <= n, s, "parity_k", k, f"<= n_bits ({n})")
+    if d.train_subset is not None:
+        _check(d.train_subset >= 1, s, "train_subset", d.train_subset, "a positive integer")
+    if d.subset_seed is not None:
+        _check(d.subset_seed >= 0, s, "subset_seed", d.subset_seed, ">= 0")
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """What to learn: the task, its vocabulary and its train/test split.
@@ -79,6 +125,21 @@ class DataConfig:
         data_dir: image tasks: folder holding the MNIST IDX files (``mnist`` only).
         test_size: image tasks: keep only this many of the remaining examples (a seeded random
             subset) as the test set, for cheaper evaluations; ``None`` = all of them.
+            Generated tasks (``digit-add``, ``repeat-subseq``, ``max-element``,
+            ``sparse-parity``): size of the fixed test sample (default 2,000); with infinite
+            data the train split is a fixed sample of the same size, used for train metrics.
+        n_digits: ``digit-add``: digits per operand (default 5).
+        vocab_size: ``repeat-subseq``: number of random token values (default 128).
+        seq_len: ``repeat-subseq``: sequence length incl. the repeat (default 85);
+            ``max-element``: number of list entries (default 10).
+        repeat_len: ``repeat-subseq``: length of the repeated subsequence (default 16).
+        n_tasks, n_bits, parity_k, zipf_alpha: ``sparse-parity``: number of subtasks (100),
+            random bits (50), bits per subtask's parity (3), Zipf exponent of the subtask
+            frequencies p_i ∝ i^-alpha (1.5).
+        train_subset: train on a random subset of this many rows of the train split (the test
+            split unchanged): ungrokking / semi-grokking; ``groklab train --from-checkpoint``
+            sets it from ``data.train_size``. Subsets of one ``subset_seed`` are nested.
+        subset_seed: seed of the draw of ``train_subset`` (default 0).
     """
 
     task: str = "modular"
@@ -90,6 +151,16 @@ class DataConfig:
     split_seed: int = 0
     data_dir: str | None = None
     test_size: int | None = None
+    n_digits: int | None = None
+    vocab_size: int | None = None
+    seq_len: int | None = None
+    repeat_len: int | None = None
+    n_tasks: int | None = None
+    n_bits: int | None = None
+    parity_k: int | None = None
+    zipf_alpha: float | None = None
+    train_subset: int | None = None
+    subset_seed: int | None = None
 
     def __post_init__(self) -> None:
         s = "data"
@@ -138,6 +209,7 @@ class DataConfig:
         _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
         if self.test_size is not None:
             _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
+        _check_zoo_fields(self)
 
 
 @dataclass(frozen=True)
@@ -252,7 +324,6 @@ class OptimConfig:
             _check(ok, s, "fixed_norm", fn, "a finite number > 0, 'initial' or none")
 
 
-
 @dataclass(frozen=True)
 class TrainConfig:
     """The loop: length, batches, loss, evaluation and checkpoint schedule, device.
@@ -270,6 +341,8 @@ class TrainConfig:
         stop_test_acc: stop once test accuracy has stayed >= this ...
         stop_patience: ... for this many steps (``None`` = never stop early).
         diverge_loss: a train loss above this (or NaN/inf) marks the run diverged.
+        init_from: start from another run's weights, ``DIR@STEP`` (its checkpoint at STEP);
+            set by ``groklab train --from-checkpoint`` (ungrokking). ``None`` = fresh init.
     """
 
     steps: int = 40_000
@@ -284,6 +357,7 @@ class TrainConfig:
     stop_test_acc: float | None = None
     stop_patience: int = 0
     diverge_loss: float = 1e6
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         s = "train"
@@ -306,6 +380,9 @@ class TrainConfig:
             )
         _check(self.stop_patience >= 0, s, "stop_patience", self.stop_patience, ">= 0")
         _check(self.diverge_loss > 0, s, "diverge_loss", self.diverge_loss, "> 0")
+        if self.init_from is not None:
+            d, _, at = self.init_from.rpartition("@")
+            _check(bool(d) and at.isdigit(), s, "init_from", self.init_from, "DIR@STEP")
 
 
 @dataclass(frozen=True)

@@ -85,6 +85,68 @@ def _omnigrok(task: str) -> RunConfig:
     )
 
 
+def _zoo(name: str) -> RunConfig:
+    # The phase-change task zoo (Nanda et al. 2023 appendix; Michaud et al. 2023), sized for a
+    # 2-core CPU where the paper's size is out of reach; the preset descriptions say what is
+    # reduced.
+    if name.startswith("digit-add"):
+        # Paper: d_model 512, d_mlp 2048, lr 1e-4, wd 0.1. Reduced to d_model 128, d_mlp 512,
+        # lr 1e-3.
+        model = ModelConfig(d_model=128, n_heads=4, d_head=32, d_mlp=512)
+        if name == "digit-add":  # infinite data, fresh batches of 64
+            return RunConfig(
+                name=name,
+                data=DataConfig(task="digit-add", n_digits=5, test_size=1000),
+                model=model,
+                optim=OptimConfig(lr=1e-3, weight_decay=0.1),
+                train=TrainConfig(steps=2_000, batch_size=64, eval_every=25, checkpoint_every=250),
+            )
+        return RunConfig(  # 700 fixed problems + weight decay: grokking
+            name=name,
+            data=DataConfig(task="digit-add", n_digits=5, train_size=700, test_size=1000),
+            model=model,
+            optim=OptimConfig(lr=1e-3, weight_decay=1.0),
+            train=TrainConfig(steps=8_000, eval_every=50, checkpoint_every=1000),
+        )
+    if name.startswith("repeat-subseq"):
+        model = ModelConfig(n_layers=2, d_model=48, n_heads=4, d_head=12, attn_only=True)
+        if name == "repeat-subseq":
+            return RunConfig(
+                name=name,
+                data=DataConfig(task="repeat-subseq", test_size=500),
+                model=model,
+                optim=OptimConfig(lr=1e-3, weight_decay=0.1),
+                train=TrainConfig(steps=3_000, batch_size=64, eval_every=50, checkpoint_every=250),
+            )
+        return RunConfig(  # 512 fixed sequences + weight decay 1: grokking
+            name=name,
+            data=DataConfig(task="repeat-subseq", train_size=512, test_size=500),
+            model=model,
+            optim=OptimConfig(lr=1e-3, weight_decay=1.0),
+            train=TrainConfig(steps=10_000, eval_every=50, checkpoint_every=1000),
+        )
+    if name == "max-element":
+        return RunConfig(
+            name=name,
+            data=DataConfig(task="max-element", test_size=2000),
+            model=ModelConfig(n_layers=1, d_model=64, n_heads=4, d_head=16, attn_only=True),
+            optim=OptimConfig(lr=1e-3, weight_decay=0.1),
+            train=TrainConfig(steps=3_000, batch_size=64, eval_every=25, checkpoint_every=250),
+        )
+    # sparse-parity. Paper: 100 subtasks, n 50, k 3, alpha 1.5, batch 10,000. Reduced to 20
+    # subtasks of n 20 bits and batch 1,000 so every subtask's phase change fits on a CPU.
+    return RunConfig(
+        name=name,
+        data=DataConfig(
+            task="sparse-parity", n_tasks=20, n_bits=20, parity_k=3, zipf_alpha=1.5,
+            test_size=4000,
+        ),
+        model=ModelConfig(arch="mlp", n_layers=2, d_mlp=100),
+        optim=OptimConfig(lr=1e-3, weight_decay=0.01),
+        train=TrainConfig(steps=20_000, batch_size=1000, eval_every=100, checkpoint_every=2000),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
@@ -122,6 +184,42 @@ PRESETS: dict[str, Preset] = {
             "Omnigrok on the 8x8 digits (no download): MLP 3x200 with init x8, 200 training "
             "images, MSE, AdamW 3e-3 wd 0.1; memorises, then generalises, within 5,000 steps",
             lambda: _omnigrok("digits"),
+        ),
+        Preset(
+            "digit-add",
+            "5-digit addition, infinite data (fresh batches of 64): one phase change per digit. "
+            "1-layer transformer reduced to d_model 128 / d_mlp 512 (paper 512 / 2048), lr 1e-3",
+            lambda: _zoo("digit-add"),
+        ),
+        Preset(
+            "digit-add-grok",
+            "5-digit addition on 700 fixed problems with weight decay 1: memorises, then groks "
+            "(same reduced model as digit-add)",
+            lambda: _zoo("digit-add-grok"),
+        ),
+        Preset(
+            "repeat-subseq",
+            "repeated random subsequences (vocab 128, length 85, repeat 16), infinite data: a "
+            "2-layer attention-only transformer (d_model 48, 4 heads of 12) forms induction heads",
+            lambda: _zoo("repeat-subseq"),
+        ),
+        Preset(
+            "repeat-subseq-grok",
+            "repeat-subseq on 512 fixed sequences with weight decay 1 (the paper's grokking "
+            "variant)",
+            lambda: _zoo("repeat-subseq-grok"),
+        ),
+        Preset(
+            "max-element",
+            "START x1..x10 END with one entry >= 10: 1-layer attention-only transformer learns "
+            "10 skip trigrams (per-answer loss test/max_10..19), infinite data",
+            lambda: _zoo("max-element"),
+        ),
+        Preset(
+            "sparse-parity",
+            "multitask sparse parity, Zipfian subtasks (alpha 1.5), 1-hidden-layer MLP width "
+            "100; reduced to 20 subtasks, n 20, k 3, batch 1,000 (paper 100, 50, 3, 10,000)",
+            lambda: _zoo("sparse-parity"),
         ),
     )
 }

@@ -1,0 +1,188 @@
+"""``groklab dcrit`` (critical data size search) and ``groklab ungrok`` (continue a grokked
+checkpoint on smaller training sets), plus the phase-change table of ``groklab show``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["print_phase_changes", "register"]
+
+
+def _fmt_step(v: float) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:,.0f}"
+
+
+def print_phase_changes(run: Any, console: Any) -> None:
+    """Print the largest phase change of every loss column of ``run`` (a rich table)."""
+    from rich.table import Table
+
+    from groklab.analysis.phase_change import phase_change_table
+
+    m = run.metrics
+    if m.empty or "step" not in m:
+        return
+    table = phase_change_table(m)
+    if table.empty:
+        return
+    t = Table(
+        "loss",
+        "onset",
+        "midpoint",
+        "end",
+        "plateau → final",
+        title="phase changes (largest drop per loss curve; onset/mid/end = 10/50/90% of the "
+        "drop, rule in groklab.analysis.phase_change)",
+        title_justify="left",
+    )
+    for col, r in table.iterrows():
+        found = r["n_drops"] > 0
+        t.add_row(
+            str(col),
+            _fmt_step(r["onset"]),
+            _fmt_step(r["midpoint"]),
+            _fmt_step(r["end"]),
+            f"{r['plateau']:.3g} → {r['final']:.3g}" if found else "no phase change",
+        )
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``dcrit`` and ``ungrok`` to the CLI."""
+
+    @app.command()
+    def dcrit(
+        lo: Annotated[int, typer.Option("--lo", help="smallest training-set size")],
+        hi: Annotated[int, typer.Option("--hi", help="largest training-set size")],
+        preset: Annotated[
+            str | None, typer.Option("--preset", "-p", help="base preset (default nanda2023)")
+        ] = None,
+        config: Annotated[
+            Path | None, typer.Option("--config", "-c", help="base config TOML file")
+        ] = None,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", help="override a base field: section.key=value"),
+        ] = None,
+        seeds: Annotated[int, typer.Option("--seeds", help="seeds per size (0..N-1)")] = 3,
+        steps: Annotated[
+            int | None, typer.Option("--steps", help="step budget per run (train.steps)")
+        ] = None,
+        threshold: Annotated[
+            float,
+            typer.Option("--threshold", help="final test accuracy that counts as generalising"),
+        ] = 0.95,
+        tol: Annotated[float, typer.Option("--tol", help="stop when hi/lo <= 1 + tol")] = 0.1,
+        max_rounds: Annotated[int, typer.Option("--max-rounds", help="bisection rounds")] = 10,
+        points: Annotated[
+            int, typer.Option("--points-per-round", help="sizes tried per round")
+        ] = 1,
+        workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
+        size_key: Annotated[
+            str, typer.Option("--size-key", help="the field that sets the size")
+        ] = "data.train_size",
+        out: Annotated[
+            Path | None,
+            typer.Option("--out", "-o", help="search folder (default sweeps/dcrit-<name>)"),
+        ] = None,
+    ) -> None:
+        """Critical data size: bisect (log scale) the training-set size between runs that
+        only memorise and runs that generalise within the step budget, several seeds per size.
+        Re-running the same command continues a killed search."""
+        from groklab.cli import _fail, console
+        from groklab.config import apply_overrides, load_config
+        from groklab.dcrit import find_dcrit
+        from groklab.errors import GroklabError
+        from groklab.presets import get_preset
+
+        try:
+            if preset and config:
+                _fail("give --preset or --config, not both")
+            base = load_config(config) if config else get_preset(preset or "nanda2023")
+            ovs = list(set_ or []) + ([f"train.steps={steps}"] if steps else [])
+            base = apply_overrides(base, ovs)
+            folder = out or Path("sweeps") / f"dcrit-{base.name}"
+
+            def report(res: Any) -> None:
+                p = res.points
+                last = ", ".join(f"{q.size}: {sum(q.generalised)}/{len(q.generalised)}" for q in p)
+                console.print(f"sizes tried (generalised/seeds): {last}", highlight=False)
+
+            res = find_dcrit(
+                base,
+                folder,
+                lo=lo,
+                hi=hi,
+                seeds=range(seeds),
+                threshold=threshold,
+                rel_tol=tol,
+                max_rounds=max_rounds,
+                points_per_round=points,
+                workers=workers,
+                size_key=size_key,
+                on_round=report,
+            )
+        except GroklabError as e:
+            _fail(str(e))
+            return
+        console.print(res.table().to_string(index=False), highlight=False, markup=False)
+        budget = f"budget {res.steps} steps, {len(res.seeds)} seeds, threshold {threshold:.0%}"
+        if res.estimate is not None:
+            console.print(
+                f"[bold]D_crit ≈ {res.estimate:.0f}[/] ({res.lo} memorise < D_crit <= "
+                f"{res.hi} generalise; {budget}); results in {folder / 'dcrit.json'}"
+            )
+        elif res.lo is None:
+            console.print(f"even {res.hi} generalised: D_crit <= {res.hi} ({budget}); lower --lo")
+        else:
+            console.print(
+                f"even {res.lo} did not generalise: D_crit > {res.lo} ({budget}); raise --hi"
+            )
+
+    @app.command()
+    def ungrok(
+        checkpoint: Annotated[str, typer.Argument(help="a grokked checkpoint, DIR@STEP")],
+        sizes: Annotated[
+            str, typer.Option("--sizes", help="training subset sizes, comma separated")
+        ],
+        seeds: Annotated[int, typer.Option("--seeds", help="subset draws per size")] = 1,
+        set_: Annotated[
+            list[str] | None,
+            typer.Option("--set", "-s", help="override: section.key=value (e.g. train.steps=5000)"),
+        ] = None,
+        workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
+        out: Annotated[
+            Path | None, typer.Option("--out", "-o", help="folder (default sweeps/ungrok-<run>)")
+        ] = None,
+    ) -> None:
+        """Ungrokking / semi-grokking: continue a grokked checkpoint on random subsets of its
+        own training data of each size; final test accuracy versus size."""
+        from groklab.cli import _fail, console
+        from groklab.dcrit import parse_checkpoint_ref, ungrok_curve
+        from groklab.errors import GroklabError
+
+        try:
+            try:
+                size_list = [int(s) for s in sizes.split(",") if s.strip()]
+            except ValueError:
+                _fail(f"--sizes {sizes!r} is not a comma-separated list of integers")
+                return
+            run_dir, step = parse_checkpoint_ref(checkpoint)
+            folder = out or Path("sweeps") / f"ungrok-{run_dir.name}-{step}"
+            table = ungrok_curve(
+                checkpoint,
+                size_list,
+                folder,
+                seeds=range(seeds),
+                overrides=list(set_ or []),
+                workers=workers,
+            )
+        except GroklabError as e:
+            _fail(str(e))
+            return
+        summary = table.groupby("size")[["test_acc", "train_acc"]].agg(["mean", "min", "max"])
+        console.print(summary.to_string(), highlight=False, markup=False)
+        console.print(f"per-run table: {folder / 'ungrok.csv'}")

@@ -1,0 +1,481 @@
+"""Critical data size and ungrokking (Varma et al. 2023, "Explaining grokking through circuit
+efficiency").
+
+Three pieces:
+
+* :func:`find_dcrit` searches the training-set size for the boundary ``D_crit`` between runs
+  that generalise and runs that only memorise within a step budget: bisection on a log scale,
+  several seeds per size, a size counting as "generalises" when at least half of its seeds end
+  with test accuracy >= ``threshold``. Every run lives in its own directory under the search
+  folder, so a killed search continues where it stopped (completed runs are not re-run).
+* :func:`continue_config` derives the config that continues training a run's checkpoint
+  (``groklab train --from-checkpoint DIR@STEP``): same model and data, weights from the
+  checkpoint (``train.init_from``), and ``data.train_size=N`` turned into ``data.train_subset=N``
+  — a seeded random subset of the parent's own training split, with the test split unchanged.
+* :func:`ungrok_curve` continues one grokked checkpoint on subsets of several sizes and tabulates
+  the final test accuracy against the size: a sharp collapse below ``D_crit`` (ungrokking) and
+  middle values near it (semi-grokking).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from groklab.config import RunConfig, apply_overrides
+from groklab.errors import CheckpointError, ConfigError, GroklabError
+
+__all__ = [
+    "DcritPoint",
+    "DcritResult",
+    "continue_config",
+    "find_dcrit",
+    "init_weights",
+    "parse_checkpoint_ref",
+    "run_outcome",
+    "ungrok_curve",
+]
+
+RunMany = Callable[..., list[dict[str, Any]]]
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def parse_checkpoint_ref(ref: str | Path) -> tuple[Path, int]:
+    """``"runs/x@4000"`` → ``(Path("runs/x"), 4000)``.
+
+    Raises:
+        ConfigError: the reference is not ``DIR@STEP``.
+    """
+    d, _, at = str(ref).rpartition("@")
+    if not d or not at.isdigit():
+        raise ConfigError(
+            f"checkpoint {str(ref)!r} is not of the form DIR@STEP (e.g. runs/x@40000)"
+        )
+    return Path(d), int(at)
+
+
+def init_weights(ref: str, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of checkpoint ``DIR@STEP``, checked to fit ``model``.
+
+    Raises:
+        CheckpointError: no such run or checkpoint, or its tensors do not fit the model.
+    """
+    from groklab.run import load_run
+
+    run_dir, step = parse_checkpoint_ref(ref)
+    tensors = load_run(run_dir).weights_at(step)
+    own = model.state_dict()
+    bad = sorted(set(own) ^ set(tensors)) or [
+        k for k in own if tuple(own[k].shape) != tuple(tensors[k].shape)
+    ]
+    if bad:
+        raise CheckpointError(
+            f"{ref}: checkpoint does not fit this run's model (first mismatch: {bad[0]}); "
+            "the model config must be the parent's"
+        )
+    return tensors
+
+
+_DATA_KEYS_ALLOWED = ("data.train_subset", "data.subset_seed")
+
+
+def continue_config(
+    ref: str | Path, overrides: Sequence[str] = (), *, name: str | None = None
+) -> RunConfig:
+    """The config that continues the checkpoint ``DIR@STEP`` with ``overrides``.
+
+    The parent's config is kept, ``train.init_from`` is set to ``ref``, and
+    ``data.train_size=N`` becomes ``data.train_subset=N``: train on a random ``N``-row subset of
+    the parent's own training split (test split unchanged; drawn with ``data.subset_seed``).
+    ``model.*`` and other ``data.*`` keys cannot change (the weights and the data must stay the
+    parent's). The name defaults to ``<parent>-from<STEP>[-n<N>]``.
+
+    Raises:
+        ConfigError, CheckpointError, RunNotFoundError: bad reference or override.
+    """
+    from groklab.run import load_run
+
+    run_dir, step = parse_checkpoint_ref(ref)
+    parent = load_run(run_dir)
+    parent.weights_at(step)  # fail now, with the available steps, if the checkpoint is missing
+    translated = []
+    for ov in overrides:
+        key, sep, value = ov.partition("=")
+        key = key.strip()
+        if key.startswith("model."):
+            raise ConfigError(
+                f"override {ov!r}: the model must stay the parent's when continuing from a "
+                "checkpoint; model.* cannot change"
+            )
+        if key == "data.train_size":
+            key = "data.train_subset"
+        elif key.startswith("data.") and key not in _DATA_KEYS_ALLOWED:
+            raise ConfigError(
+                f"override {ov!r}: only data.train_size (a subset of the parent's training "
+                "split), data.train_subset and data.subset_seed may change when continuing "
+                "from a checkpoint"
+            )
+        translated.append(f"{key}{sep}{value}")
+    cfg = parent.config
+    cfg = replace(cfg, train=replace(cfg.train, init_from=f"{run_dir}@{step}"))
+    cfg = apply_overrides(cfg, translated)
+    n_parent = int(parent.manifest.get("n_train") or 0)
+    size = cfg.data.train_subset
+    if size is not None and n_parent and size > n_parent:
+        raise ConfigError(
+            f"data.train_size={size} is larger than the parent's training set ({n_parent} rows "
+            f"in {run_dir})"
+        )
+    if not any(o.split("=", 1)[0].strip() == "name" for o in overrides):
+        auto = f"{parent.config.name}-from{step}" + (f"-n{size}" if size is not None else "")
+        cfg = replace(cfg, name=name or auto)
+    return cfg
+
+
+# --------------------------------------------------------------------------- outcomes
+
+
+def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
+    """Final accuracies of a finished run and whether it generalised.
+
+    ``generalised``: final test accuracy >= ``threshold``; ``memorised``: final train
+    accuracy >= 0.99; ``grokking_step``: first evaluated step with test accuracy >= threshold.
+    """
+    from groklab.run import load_run
+
+    run = load_run(run_dir)
+    m = run.metrics
+    if m.empty:
+        raise GroklabError(f"{run_dir}: the run has no metrics (status {run.status})")
+    last = m.iloc[-1]
+    test_acc, train_acc = float(last["test/acc"]), float(last["train/acc"])
+    hit = m.loc[m["test/acc"] >= threshold, "step"]
+    return {
+        "status": run.status,
+        "final_step": int(last["step"]),
+        "test_acc": test_acc,
+        "train_acc": train_acc,
+        "test_loss": float(last["test/loss"]),
+        "generalised": bool(math.isfinite(test_acc) and test_acc >= threshold),
+        "memorised": bool(train_acc >= 0.99),
+        "grokking_step": int(hit.iloc[0]) if len(hit) else None,
+    }
+
+
+def _run_serial(
+    configs: Sequence[RunConfig], outs: Sequence[str | Path], *, workers: int = 1, **_: Any
+) -> list[dict[str, Any]]:
+    """Stand-in for ``groklab.sweep.run_many``: one run after another in this process."""
+    from groklab.run import load_run
+    from groklab.train.loop import run_training
+
+    results = []
+    for cfg, out in zip(configs, outs, strict=True):
+        out = Path(out)
+        try:
+            if (out / "config.toml").exists():
+                if load_run(out).status == "completed":
+                    results.append({"out": str(out), "status": "skipped", "error": None})
+                    continue
+                run_training(cfg, out, resume=True, progress=False)
+            else:
+                run_training(cfg, out, progress=False)
+            results.append({"out": str(out), "status": "completed", "error": None})
+        except GroklabError as e:
+            results.append({"out": str(out), "status": "failed", "error": str(e)})
+    return results
+
+
+def _default_run_many() -> RunMany:
+    try:
+        from groklab.sweep import run_many
+    except ImportError:  # the sweep machinery is not installed in this tree
+        return _run_serial
+    return run_many
+
+
+def _execute(
+    configs: list[RunConfig], outs: list[Path], *, workers: int, run_many: RunMany | None
+) -> None:
+    if not configs:
+        return
+    runner = run_many or _default_run_many()
+    results = runner(configs, outs, workers=workers)
+    failed = [r for r in results if r.get("error")]
+    if failed:
+        r = failed[0]
+        raise GroklabError(
+            f"{r['out']}: run failed ({r['error']}); {len(failed)} of {len(results)} runs failed"
+        )
+
+
+# --------------------------------------------------------------------------- the search
+
+
+@dataclass(frozen=True)
+class DcritPoint:
+    """One training-set size: the outcome of each seed."""
+
+    size: int
+    seeds: tuple[int, ...]
+    test_acc: tuple[float, ...]
+    train_acc: tuple[float, ...]
+    generalised: tuple[bool, ...]
+    grokking_step: tuple[int | None, ...]
+
+    @property
+    def share_generalised(self) -> float:
+        return sum(self.generalised) / len(self.generalised)
+
+    @property
+    def generalises(self) -> bool:
+        """At least half of the seeds generalised."""
+        return self.share_generalised >= 0.5
+
+
+@dataclass
+class DcritResult:
+    """The bracket ``lo < D_crit <= hi`` and every evaluated size.
+
+    ``estimate`` is the geometric mean of the bracket; ``lo`` is ``None`` when even the smallest
+    size generalised and ``hi`` is ``None`` when even the largest did not (then ``estimate`` is
+    ``None`` and the bracket says on which side D_crit lies).
+    """
+
+    lo: int | None
+    hi: int | None
+    points: list[DcritPoint] = field(default_factory=list)
+    threshold: float = 0.95
+    steps: int = 0
+    seeds: tuple[int, ...] = ()
+    size_key: str = "data.train_size"
+
+    @property
+    def estimate(self) -> float | None:
+        if self.lo is None or self.hi is None:
+            return None
+        return math.sqrt(self.lo * self.hi)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["estimate"] = self.estimate
+        for p, dp in zip(self.points, d["points"], strict=True):
+            dp["share_generalised"] = p.share_generalised
+            dp["generalises"] = p.generalises
+        return d
+
+    def table(self):
+        """One row per (size, seed): ``size, seed, test_acc, train_acc, generalised,
+        grokking_step`` (pandas DataFrame)."""
+        import pandas as pd
+
+        rows = [
+            {
+                "size": p.size,
+                "seed": s,
+                "test_acc": ta,
+                "train_acc": tr,
+                "generalised": g,
+                "grokking_step": gs,
+            }
+            for p in sorted(self.points, key=lambda p: p.size)
+            for s, ta, tr, g, gs in zip(
+                p.seeds, p.test_acc, p.train_acc, p.generalised, p.grokking_step, strict=True
+            )
+        ]
+        return pd.DataFrame(rows)
+
+
+def _point_dir(out: Path, size: int, seed: int) -> Path:
+    return out / f"n{size}-s{seed}"
+
+
+def _log_points(lo: int, hi: int, k: int) -> list[int]:
+    """``k`` sizes spaced evenly in log between ``lo`` and ``hi``, exclusive, deduplicated."""
+    pts = {round(lo * (hi / lo) ** (i / (k + 1))) for i in range(1, k + 1)}
+    return sorted(p for p in pts if lo < p < hi)
+
+
+def find_dcrit(
+    base: RunConfig,
+    out: str | Path,
+    *,
+    lo: int,
+    hi: int,
+    seeds: Sequence[int] = (0, 1, 2),
+    threshold: float = 0.95,
+    rel_tol: float = 0.1,
+    max_rounds: int = 10,
+    points_per_round: int = 1,
+    workers: int = 1,
+    size_key: str = "data.train_size",
+    seed_key: str = "train.seed",
+    stop_early: bool = True,
+    run_many: RunMany | None = None,
+    on_round: Callable[[DcritResult], None] | None = None,
+) -> DcritResult:
+    """Search the training-set size at which runs of ``base`` start to generalise.
+
+    Both ends are trained first (expected: ``lo`` memorises only, ``hi`` generalises), then
+    each round trains ``points_per_round`` sizes spaced evenly in log between the current
+    bracket ends, times every seed, in one batch of runs (``workers`` at a time), and moves the
+    bracket to the smallest size that generalised and the largest smaller size that did not.
+    It stops once ``hi / lo <= 1 + rel_tol``, the bracket holds no integer, or after
+    ``max_rounds`` rounds. The budget is ``base.train.steps``; with ``stop_early`` a run stops
+    once its test accuracy has held ``threshold`` for two evaluations (saves the time of runs
+    that generalise; the verdict is unchanged).
+
+    Args:
+        base: config of every run; ``size_key`` and ``seed_key`` are overridden per run.
+        out: search folder: one run directory ``n<size>-s<seed>`` per run and ``dcrit.json``.
+        lo, hi: initial bracket of sizes.
+        seeds: seeds per size (values of ``seed_key``).
+        threshold: final test accuracy that counts as generalising.
+        rel_tol: stop when the bracket's ratio is within ``1 + rel_tol``.
+        max_rounds: rounds after the two ends.
+        points_per_round: sizes per round (more = fewer rounds when many workers are free).
+        workers: runs at a time.
+        size_key: the override that sets the size (``data.train_size``, or
+            ``data.train_subset`` for a search over continued checkpoints).
+        seed_key: the override that sets the seed.
+        stop_early: stop generalising runs early.
+        run_many: ``run_many(configs, outs, workers=...)`` → ``[{"out", "status", "error"}]``;
+            default :func:`groklab.sweep.run_many`.
+        on_round: called with the result so far after every round.
+
+    Returns:
+        The :class:`DcritResult` (also written to ``out/dcrit.json``).
+    """
+    from groklab.store import atomic_write_text
+
+    if not 1 <= lo < hi:
+        raise ConfigError(f"dcrit: need 1 <= lo < hi (got lo={lo}, hi={hi})")
+    if not seeds:
+        raise ConfigError("dcrit: need at least one seed")
+    if points_per_round < 1 or max_rounds < 0 or rel_tol <= 0:
+        raise ConfigError(
+            "dcrit: points_per_round >= 1, max_rounds >= 0 and rel_tol > 0 are required"
+        )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = tuple(int(s) for s in seeds)
+    extra = []
+    if stop_early:
+        extra = [
+            f"train.stop_test_acc={threshold}",
+            f"train.stop_patience={2 * base.train.eval_every}",
+        ]
+    result = DcritResult(
+        lo=lo, hi=hi, threshold=threshold, steps=base.train.steps, seeds=seeds, size_key=size_key
+    )
+    done: dict[int, DcritPoint] = {}
+
+    def evaluate(sizes: list[int]) -> None:
+        sizes = [s for s in sizes if s not in done]
+        cfgs, outs = [], []
+        for size in sizes:
+            for seed in seeds:
+                cfg = apply_overrides(base, [f"{size_key}={size}", f"{seed_key}={seed}", *extra])
+                cfgs.append(replace(cfg, name=f"{base.name}-n{size}-s{seed}"))
+                outs.append(_point_dir(out, size, seed))
+        _execute(cfgs, outs, workers=workers, run_many=run_many)
+        for size in sizes:
+            o = [run_outcome(_point_dir(out, size, s), threshold=threshold) for s in seeds]
+            done[size] = DcritPoint(
+                size=size,
+                seeds=seeds,
+                test_acc=tuple(x["test_acc"] for x in o),
+                train_acc=tuple(x["train_acc"] for x in o),
+                generalised=tuple(x["generalised"] for x in o),
+                grokking_step=tuple(x["grokking_step"] for x in o),
+            )
+        result.points = sorted(done.values(), key=lambda p: p.size)
+        atomic_write_text(out / "dcrit.json", json.dumps(result.to_dict(), indent=2))
+        if on_round is not None:
+            on_round(result)
+
+    evaluate([lo, hi])
+    if done[lo].generalises:
+        result.lo, result.hi = None, lo
+    elif not done[hi].generalises:
+        result.lo, result.hi = hi, None
+    else:
+        cur_lo, cur_hi = lo, hi
+        for _ in range(max_rounds):
+            if cur_hi / cur_lo <= 1 + rel_tol:
+                break
+            pts = _log_points(cur_lo, cur_hi, points_per_round)
+            if not pts:
+                break
+            evaluate(pts)
+            inside = [p for p in result.points if cur_lo <= p.size <= cur_hi]
+            cur_hi = min(p.size for p in inside if p.generalises)
+            cur_lo = max(p.size for p in inside if p.size < cur_hi and not p.generalises)
+            result.lo, result.hi = cur_lo, cur_hi
+    atomic_write_text(out / "dcrit.json", json.dumps(result.to_dict(), indent=2))
+    return result
+
+
+# --------------------------------------------------------------------------- ungrokking
+
+
+def ungrok_curve(
+    ref: str | Path,
+    sizes: Sequence[int],
+    out: str | Path,
+    *,
+    seeds: Sequence[int] = (0,),
+    overrides: Sequence[str] = (),
+    workers: int = 1,
+    run_many: RunMany | None = None,
+):
+    """Continue checkpoint ``DIR@STEP`` on training subsets of each size; final accuracies.
+
+    Each (size, seed) run trains on ``data.train_subset=size`` drawn with
+    ``data.subset_seed=seed`` (nested subsets for one seed), from the checkpoint's weights, with
+    the parent's config plus ``overrides`` (e.g. ``train.steps=5000``), into
+    ``out/n<size>-s<seed>``.
+
+    Returns:
+        A pandas DataFrame, one row per run: ``size, seed, test_acc, train_acc, test_loss,
+        final_step, out``, sorted by size (also written to ``out/ungrok.csv``).
+    """
+    import pandas as pd
+
+    out = Path(out)
+    cfgs, outs, keys = [], [], []
+    for size in sizes:
+        for seed in seeds:
+            cfg = continue_config(
+                ref, [f"data.train_size={size}", f"data.subset_seed={seed}", *overrides]
+            )
+            cfgs.append(replace(cfg, name=f"{cfg.name}-s{seed}"))
+            outs.append(_point_dir(out, size, seed))
+            keys.append((size, seed))
+    out.mkdir(parents=True, exist_ok=True)
+    _execute(cfgs, outs, workers=workers, run_many=run_many)
+    rows = []
+    for (size, seed), o in zip(keys, outs, strict=True):
+        r = run_outcome(o, threshold=0.99)
+        rows.append(
+            {
+                "size": size,
+                "seed": seed,
+                "test_acc": r["test_acc"],
+                "train_acc": r["train_acc"],
+                "test_loss": r["test_loss"],
+                "final_step": r["final_step"],
+                "out": str(o),
+            }
+        )
+    table = pd.DataFrame(rows).sort_values(["size", "seed"]).reset_index(drop=True)
+    table.to_csv(out / "ungrok.csv", index=False)
+    return table
