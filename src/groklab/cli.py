@@ -91,6 +91,14 @@ def train(
     resume: Annotated[
         Optional[Path], typer.Option("--resume", help="continue the run in this directory")
     ] = None,
+    from_checkpoint: Annotated[
+        Optional[str],
+        typer.Option(
+            "--from-checkpoint",
+            help="start from run DIR's weights at STEP (DIR@STEP) with DIR's config; "
+            "--set data.train_size=N trains on N of DIR's own training rows (ungrokking)",
+        ),
+    ] = None,
     device: Annotated[
         Optional[str], typer.Option("--device", help="auto, cpu, cuda or cuda:N")
     ] = None,
@@ -108,8 +116,11 @@ def train(
 
     try:
         if resume is not None:
-            if preset or config or set_ or out:
-                _fail("--resume takes the run's own config; drop --preset/--config/--set/--out")
+            if preset or config or set_ or out or from_checkpoint:
+                _fail(
+                    "--resume takes the run's own config; "
+                    "drop --preset/--config/--set/--out/--from-checkpoint"
+                )
             run = load_run(resume)
             if run.status == "completed":
                 console.print(f"{resume}: already completed; nothing to do")
@@ -117,6 +128,17 @@ def train(
                 return
             run_training(run.config, resume, resume=True, progress=not quiet)
             _print_summary(resume, report=report)
+            return
+        if from_checkpoint is not None:
+            from groklab.dcrit import continue_config
+
+            if preset or config:
+                _fail("--from-checkpoint takes the parent run's config; drop --preset/--config")
+            ovs = list(set_ or []) + ([f"train.device={device}"] if device else [])
+            cfg = continue_config(from_checkpoint, ovs)
+            path = out or Path("runs") / cfg.name
+            run_training(cfg, path, progress=not quiet)
+            _print_summary(path, report=report)
             return
         if preset and config:
             _fail("give --preset or --config, not both")
@@ -159,6 +181,9 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
         console.print(f"[bold]config[/] ({run_dir / 'config.toml'})")
         console.print(save_config(run.config), highlight=False, markup=False)
         _print_summary(run_dir)
+        from groklab.commands.zoo import print_phase_changes
+
+        print_phase_changes(run, console)
     except GroklabError as e:
         _fail(str(e))
 
