@@ -174,7 +174,7 @@ def test_run_many_skips_completed_and_isolates_failures(tmp_path: Path, make_con
     good = [make_config(name=f"g{i}", train={"seed": i}) for i in range(2)]
     bad = make_config(name="bad", data={"train_size": 10_000})  # more problems than exist
     outs = [tmp_path / "g0", tmp_path / "bad", tmp_path / "g1"]
-    res = sw.run_many([good[0], bad, good[1]], outs, progress=False)
+    res = sw.run_many([good[0], bad, good[1]], outs, progress=True)  # the live display too
     assert [r["status"] for r in res] == ["completed", "failed", "completed"]
     assert [r["action"] for r in res] == ["started", None, "started"]
     assert "train_size=10000" in res[1]["error"] and "\n" not in res[1]["error"]
@@ -400,6 +400,10 @@ def test_killed_sweep_relaunches_without_rerunning_and_matches(tmp_path: Path) -
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the parent and its workers at once
         proc.wait()
+    # the workers die a moment after the signal; their run locks go with them
+    gone = time.time() + 60
+    while any(sw._lock_held(d) for d in run_dirs) and time.time() < gone:
+        time.sleep(0.05)
 
     done = [d for d in run_dirs if read_manifest(d).get("status") == "completed"]
     before = {d: _files(d) for d in done}
@@ -408,7 +412,11 @@ def test_killed_sweep_relaunches_without_rerunning_and_matches(tmp_path: Path) -
 
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert {d: _files(d) for d in done} == before  # nothing completed was re-run
+    for d in done:  # nothing completed was re-run: every file it had is untouched ...
+        after = _files(d)
+        assert {k: after.get(k) for k in before[d]} == before[d]
+        # ... and only an analysis the kill interrupted may have been added
+        assert all(k.startswith("analysis/") for k in set(after) - set(before[d]))
     resumed = [read_manifest(d).get("resumed_from_step") for d in run_dirs if d not in done]
     assert any(s is not None and s > 0 for s in resumed)  # the half-done run went on
     a = pd.read_parquet(ref / "summary.parquet")

@@ -93,7 +93,7 @@ def fig_op_curves(
             col = f"test/{op}/loss"
             if col not in m:
                 continue
-            c = colours.get(op, None)
+            c = colours.get(op)
             ax.plot(m["step"], m[col], color=c, alpha=0.25, lw=0.7)
             ax.plot(m["step"], rolling(m[col], w), color=c, lw=1.8, label=f"test {op}")
         ax.set_yscale("log")
@@ -201,7 +201,9 @@ def fig_steps_vs(
     pts[x] = pd.to_numeric(pts[x])
     pts = pts.sort_values(x).reset_index(drop=True)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (col, label), c in zip(columns.items(), ("tab:blue", "tab:green", "tab:purple"), strict=False):
+    for (col, label), c in zip(
+        columns.items(), ("tab:blue", "tab:green", "tab:purple"), strict=False
+    ):
         if f"{col}:mean" in pts:
             _censored_plot(ax, pts[x], pts, col, label, c)
     if reference:
@@ -222,7 +224,10 @@ def fig_steps_vs(
 
 
 def fig_precision(
-    curves: dict[str, pd.DataFrame], spikes: dict[str, list[dict[str, Any]]], *, column: str = "train/loss"
+    curves: dict[str, pd.DataFrame],
+    spikes: dict[str, list[dict[str, Any]]],
+    *,
+    column: str = "train/loss",
 ) -> Any:
     """Loss curve of each run with its detected spikes marked (one panel per run)."""
     plt = _plt()
