@@ -469,3 +469,16 @@ def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
     assert bad.exit_code == 2 and "allowed" in bad.output
     bad = CliRunner().invoke(app, ["llc", "calibrate", str(tiny_run), "--step", "7", "-q"])
     assert bad.exit_code == 2 and "no checkpoint at step 7" in bad.output
+
+
+def test_mlp_run_is_vmapped(tmp_path: Path, make_config) -> None:
+    """Models without a stacked forward go through torch.func.vmap over the chains."""
+    import groklab
+
+    cfg = make_config(model={"arch": "mlp", "n_layers": 2, "d_mlp": 32}, train={"steps": 20})
+    run = groklab.train(cfg, out=tmp_path / "mlp", progress=False)
+    rl = llc.run_loss(run, 20)
+    assert not rl.batched
+    assert rl.init_loss == pytest.approx(run.metrics.iloc[-1]["train/loss"], rel=1e-6)
+    res = llc.estimate_llc_at(run, 20, _FAST)
+    assert math.isfinite(res.llc) and res.trace.shape == (2, 30)

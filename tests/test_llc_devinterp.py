@@ -91,13 +91,19 @@ def test_devinterp_version() -> None:
     assert version("devinterp") == "1.3.2"
 
 
+@pytest.mark.slow
 def test_agrees_with_devinterp(small_run: Path) -> None:
     from groklab.run import load_run
 
     run = load_run(small_run)
     step = run.checkpoint_steps[-1]
+    n = run.task.n_train
+    # A batch size that divides n: devinterp's DataLoader keeps the short last batch of each
+    # epoch (a noisier gradient, which raises its estimate by a few percent); groklab draws
+    # full batches only. With equal batches the two samplers are the same algorithm.
+    assert n == 264
     s = llc.LLCSettings(
-        epsilon=1e-3, gamma=100.0, chains=8, draws=200, burnin=100, batch_size=64, seed=0
+        epsilon=3e-4, gamma=100.0, chains=8, draws=200, burnin=100, batch_size=66, seed=0
     )
     ours = llc.estimate_llc_at(run, step, s)
     assert not ours.diverged and ours.warnings == ()

@@ -435,7 +435,13 @@ def _run_chains(
     perm = torch.empty(0, dtype=torch.long)
     shapes = [(n_chains, *sh) for sh in flat.shapes]
     offsets = np.cumsum([0, *flat.sizes]).tolist()
+    # The update w <- w - (eps/2)[nbeta grad + gamma (w - w0)] + sqrt(eps) xi, split into a
+    # flat part on w [chain, P] (localisation, noise) and a per-parameter part (gradient), so
+    # the gradients are never copied into one flat buffer.
+    keep = 1 - 0.5 * e * g  # [chain, 1]
+    pull = (0.5 * e * g) * center  # [chain, P], constant
     has_gamma = bool((g != 0).any())
+    grad_scale = [(-0.5 * e * nb).view(n_chains, *([1] * len(sh))) for sh in flat.shapes]
     for t in range(steps):
         # Leaves that share memory with w: the update below writes through to them.
         leaves = [
@@ -454,12 +460,12 @@ def _run_chains(
             loss = fwd(p, rows)
         grads = torch.autograd.grad(loss.sum(), leaves, materialize_grads=True)
         trace[:, t] = loss.detach()
-        drift = torch.cat([gr.reshape(n_chains, -1) for gr in grads], dim=1)  # [chain, P]
-        drift.mul_(nb)
-        if has_gamma:
-            drift.add_(g * (w - center))
-        noise = torch.randn(w.shape, generator=gen, device=dev, dtype=dtype)
-        w.add_(drift.mul_(-0.5 * e)).add_(noise.mul_(sqrt_e))
+        with torch.no_grad():
+            if has_gamma:
+                w.mul_(keep).add_(pull)
+            w.add_(torch.randn(w.shape, generator=gen, device=dev, dtype=dtype).mul_(sqrt_e))
+            for leaf, gr, sc in zip(leaves, grads, grad_scale, strict=True):
+                leaf.addcmul_(gr, sc)  # leaf is a view of w
         if progress is not None and (t + 1) % 25 == 0:
             progress(t + 1, steps)
     return trace

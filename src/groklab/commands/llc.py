@@ -127,8 +127,7 @@ def run_cmd(
     device: Annotated[str, _DEVICE] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """LLC at each checkpoint with fixed settings, cached in DIR/analysis/llc/, plotted over
-    training with the test loss.
+    """LLC over checkpoints (cached in DIR/analysis/llc/), plotted with the test loss.
 
     Settings: the latest `groklab llc calibrate` recommendation if there is one, else the
     defaults; any option given here overrides it. They are recorded next to the results.
@@ -204,6 +203,17 @@ def run_cmd(
                     f"the cache in {run.path / llc.LLC_DIR})",
                     highlight=False,
                 )
+        line = (
+            f"metrics: memorised (train acc ≥ 99%) at step {summary.get('memorisation_step')}, "
+            f"grokked (test acc ≥ 99%) at step {summary.get('grokking_step')}"
+        )
+        ph = _phases(run)
+        if ph is not None:
+            line += (
+                f"; phases (groklab analyze): memorisation {ph.get('memorisation')}, circuit "
+                f"formation {ph.get('circuit_formation')}, cleanup {ph.get('cleanup')}"
+            )
+        console.print(line, highlight=False)
         marks = _marks(run, summary, curves)
         from groklab.analysis.llc_figures import plot_llc_over_training
 
@@ -287,11 +297,12 @@ def _marks(run: Any, summary: dict[str, Any], curves: dict[str, Any]) -> dict[st
     }
     phases = _phases(run)
     if phases is not None:
-        marks["circuit formation starts"] = phases.get("circuit_formation", [None])[0]
+        formation = phases.get("circuit_formation") or [None]
+        marks["circuit formation starts (phases)"] = formation[0]
         cleanup = phases.get("cleanup")
         if cleanup:
-            marks["cleanup starts"] = cleanup[0]
-            marks["cleanup ends"] = cleanup[1]
+            marks["cleanup starts (phases)"] = cleanup[0]
+            marks["cleanup ends (phases)"] = cleanup[1]
     for name, df in curves.items():
         lm = llc.landmarks(df)
         marks[f"LLC peak ({name})"] = lm["peak_step"]
@@ -300,19 +311,16 @@ def _marks(run: Any, summary: dict[str, Any], curves: dict[str, Any]) -> dict[st
 
 
 def _phases(run: Any) -> dict[str, Any] | None:
-    """Phase boundaries from the phases analysis, when it is installed and can be computed."""
-    try:
-        from groklab.analysis import phases as ph
-    except ImportError:
-        return None
-    fn = getattr(ph, "phases_of_run", None)
-    if fn is None:
+    """Phase boundaries saved by `groklab analyze DIR` (``analysis/phases.json``), if any."""
+    import json
+
+    p = run.path / "analysis" / "phases.json"
+    if not p.exists():
         return None
     try:
-        p = fn(run)
-    except Exception:  # the phases analysis is optional here; the LLC figure stands alone
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
         return None
-    return p.to_dict() if hasattr(p, "to_dict") else None
 
 
 def _ok(v: Any) -> bool:
@@ -351,10 +359,9 @@ def calibrate_cmd(
     device: Annotated[str, _DEVICE] = "cpu",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
-    """Sweep ε × γ (× nβ) on one checkpoint, plot every setting's traces, and recommend the
-    settings whose traces flatten without early spikes or dips below L(w*).
+    """Sweep ε × γ (× nβ) on one checkpoint and recommend settings; plots the traces.
 
-    The recommendation is saved to DIR/analysis/llc/calibration.json, which `groklab llc DIR`
+    Recommended: traces that flatten without early spikes or dips below L(w*). The recommendation is saved to DIR/analysis/llc/calibration.json, which `groklab llc DIR`
     then uses by default.
     """
     from rich.table import Table
