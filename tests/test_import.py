@@ -197,6 +197,20 @@ def test_checkpoint_list_with_split(tmp_path):
     assert int(grid.test.sum()) == P * P - 20
 
 
+def test_folder_of_epoch_files(tmp_path):
+    src = tmp_path / "published_run"
+    src.mkdir()
+    for epoch in (0, 4):
+        torch.save({"model": _published_state_dict(epoch), "epoch": epoch}, src / f"{epoch}.pth")
+    losses = {"train_losses": [3.0, 2.0, 1.0, 0.5, 0.2, 0.1], "test_losses": [3.0] * 6}
+    torch.save({"model": _published_state_dict(9), **losses}, src / "final.pth")
+    res = import_checkpoint(src, tmp_path / "run")
+    assert res.steps == [0, 4, 6] and res.n_metrics == 6
+    with torch.no_grad():
+        want = _published_forward(_published_state_dict(4), _all_inputs())
+    torch.testing.assert_close(_groklab_logits(tmp_path / "run", 4), want, rtol=1e-5, atol=1e-5)
+
+
 def test_published_split_matches_python_random():
     pairs = [(i, j, P) for i in range(P) for j in range(P)]
     random.seed(3)
