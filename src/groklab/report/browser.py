@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -114,9 +115,11 @@ class PageResult:
         cpu: the renderer's busy time in seconds by kind, from the DevTools
             ``Performance`` domain (``TaskDuration`` = all main-thread work, ``ScriptDuration``,
             ``LayoutDuration``, ...; wall time of the renderer's tasks) and
-            ``browser_cpu_open`` / ``browser_cpu_complete``: CPU seconds used by all the
-            browser's processes until opened / complete — what the page costs whatever else
-            the machine is doing, unlike the wall-clock times.
+            ``cpu_open/<process type>`` / ``cpu_complete/<process type>``: CPU seconds each
+            kind of browser process used until opened / complete. ``cpu_open/renderer`` is
+            the page's own cost (parsing, scripts, layout, painting) whatever else the
+            machine is doing, unlike the wall-clock times; on a busy machine the browser and
+            GPU processes also burn CPU in proportion to the wall time (frame ticks).
     """
 
     url: str
@@ -272,19 +275,30 @@ def launch(
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def _group_cpu_seconds(pgid: int) -> float:
-    """User + system CPU seconds of every live process in process group ``pgid`` (Linux)."""
-    total = 0.0
+def _group_cpu_seconds(pgid: int) -> dict[str, float]:
+    """User + system CPU seconds of the live processes in process group ``pgid`` by Chromium
+    process type (``browser``, ``renderer``, ``gpu-process``, ...). Linux only (``/proc``);
+    empty elsewhere."""
+    out: dict[str, float] = {}
     tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
     for d in Path("/proc").glob("[0-9]*"):
         try:
             fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
         # fields after the command: state ppid pgrp session ... utime(12) stime(13)
-        if int(fields[2]) == pgid:
-            total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+        if int(fields[2]) != pgid:
+            continue
+        # Chromium rewrites its children's argv into one string: search it for --type=
+        m = re.search(rb"--type=([a-z-]+)", cmd)
+        kind = m.group(1).decode() if m else "browser"
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def _cpu_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    return {k: round(v - before.get(k, 0.0), 3) for k, v in after.items()}
 
 
 def _console_errors(events: list[dict[str, Any]], session: str) -> list[str]:
@@ -375,7 +389,7 @@ def inspect_page(
             timeout=left,
         )
         load = time.perf_counter() - t0
-        cpu_open = _group_cpu_seconds(pid) - cpu0
+        cpu_open = _cpu_delta(_group_cpu_seconds(pid), cpu0)
         # then draw the figures further down (drawn on scroll in normal use)
         _evaluate(
             cdp,
@@ -385,18 +399,19 @@ def inspect_page(
             timeout=timeout,
         )
         complete = time.perf_counter() - t0
-        cpu_complete = _group_cpu_seconds(pid) - cpu0
+        cpu_complete = _cpu_delta(_group_cpu_seconds(pid), cpu0)
         perf = (
             cdp.call("Performance.getMetrics", session=session).get("metrics", [])
             if instrument
             else []
         )
         cpu = {m["name"]: float(m["value"]) for m in perf if m["name"].endswith("Duration")}
-        cpu["browser_cpu_open"] = cpu_open
-        cpu["browser_cpu_complete"] = cpu_complete
+        for kind, v in cpu_open.items():
+            cpu[f"cpu_open/{kind}"] = v
+        for kind, v in cpu_complete.items():
+            cpu[f"cpu_complete/{kind}"] = v
         cdp.pump(settle)
         probe = json.loads(_evaluate(cdp, session, _PROBE))
-        extra = _evaluate(cdp, session, script) if script else None
         shot = None
         if screenshot is not None:
             metrics = cdp.call("Page.getLayoutMetrics", session=session)
@@ -417,6 +432,8 @@ def inspect_page(
             shot = Path(screenshot)
             shot.parent.mkdir(parents=True, exist_ok=True)
             shot.write_bytes(base64.b64decode(data))
+        # the script (e.g. hover, zoom) runs after the screenshot, which shows the page as opened
+        extra = _evaluate(cdp, session, script, timeout=timeout) if script else None
         cdp.pump(0.05)
         result = PageResult(
             url=url,

@@ -9,6 +9,7 @@ figure functions. A section whose data is missing says so and names the command 
 
 from __future__ import annotations
 
+import contextlib
 import html
 import json
 import math
@@ -682,6 +683,7 @@ class SweepData:
     groups: dict[str, str]
     llc: dict[str, pd.DataFrame]
     variables: list[str]
+    budget: int | None = None
 
 
 def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -> SweepData:
@@ -701,8 +703,14 @@ def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -
                 variables.append(k)
     variables = [v for v in variables if v in runs and runs[v].nunique(dropna=False) > 1]
     curves, groups, llc_curves = {}, {}, {}
+    budgets = []
     for e in info.get("runs", []):
         rd = path / e["name"]
+        if (rd / "config.toml").is_file():
+            from groklab.config import load_config
+
+            with contextlib.suppress(Exception):  # an unreadable config shows as a bad row
+                budgets.append(load_config(rd / "config.toml").train.steps)
         p = rd / "metrics.parquet"
         if p.exists():
             curves[e["name"]] = pd.read_parquet(p)
@@ -720,6 +728,7 @@ def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -
         groups,
         llc_curves,
         variables,
+        max(budgets) if budgets else None,
     )
 
 
@@ -784,17 +793,16 @@ def sweep_sections(d: SweepData) -> list[Section]:
     # grokking step vs each swept variable
     step_cols = [c for c in runs.columns if c.startswith("grokking_step:")]
     figs = {}
-    budget = (
-        float(runs["final_step"].max())
-        if "final_step" in runs and runs["final_step"].notna().any()
-        else None
-    )
-    xs = list(d.variables)
+    budget = d.budget
     share_cols = [c for c in runs.columns if c.startswith("share:")]
-    if share_cols and not any(v in xs for v in share_cols):
+    # operation shares are swept as a list (data.shares); plot against the first op's share
+    xs = [v for v in d.variables if not (v == "data.shares" and share_cols)]
+    if share_cols and share_cols[0] not in xs and runs[share_cols[0]].nunique() > 1:
         xs.append(share_cols[0])
+    # only finished runs say whether a run grokked; running/pending ones are left out
+    done = runs[runs["status"].isin(["completed", "diverged"])] if len(runs) else runs
     for v in xs:
-        t = runs.copy()
+        t = done.copy()
         t[v] = _numeric(t[v])
         if step_cols:
             long = t.melt(
@@ -822,8 +830,14 @@ def sweep_sections(d: SweepData) -> list[Section]:
                 "grokking",
                 "Grokking step vs the swept variable",
                 figures=figs,
-                caption="Every seed is a dot; the line is the mean ± sd over the "
-                "seeds that grokked; open circles at the budget = never grokked.",
+                caption="Finished runs only: every seed is a dot; the line is the mean ± sd "
+                "over the seeds that reached the step; open circles at the budget = never "
+                "reached it."
+                + (
+                    f" {len(runs) - len(done)} runs not finished yet are left out."
+                    if len(runs) > len(done)
+                    else ""
+                ),
             )
         )
     else:

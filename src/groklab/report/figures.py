@@ -138,7 +138,7 @@ def smooth(steps: np.ndarray, y: np.ndarray, *, decades: float = SMOOTH_DECADES)
 
 
 def _colour(name: str, i: int) -> str:
-    if name.startswith("train"):
+    if name in ("train", "train/loss", "train/acc"):
         return _TRAIN
     if name in ("test", "test/loss", "test/acc"):
         return _TEST
@@ -150,7 +150,9 @@ def _f32(a: Any) -> np.ndarray:
     return np.asarray(a, dtype=np.float32)
 
 
-def _layout(fig: go.Figure, *, title: str, height: int = _HEIGHT, **kw: Any) -> go.Figure:
+def _layout(
+    fig: go.Figure, *, title: str, height: int = _HEIGHT, legend: bool = False, **kw: Any
+) -> go.Figure:
     shown = [t for t in fig.data if t.showlegend is not False and t.name]
     fig.update_layout(
         title={"text": title, "x": 0.01, "xanchor": "left"},
@@ -170,7 +172,7 @@ def _layout(fig: go.Figure, *, title: str, height: int = _HEIGHT, **kw: Any) -> 
         font={"family": "Inter, Helvetica, Arial, sans-serif", "size": 13},
         **kw,
     )
-    if len(shown) < 2:  # no legend to make room for
+    if len(shown) < 2 and not legend:  # no legend to make room for
         fig.update_layout(margin={"b": 64}, showlegend=bool(shown) and len(fig.data) > 1)
     return fig
 
@@ -834,6 +836,7 @@ def llc_curve(
                     x=np.concatenate([x, x[::-1]]),
                     y=_f32(np.concatenate([m + sd, (m - sd)[::-1]])),
                     fill="toself",
+                    mode="lines",
                     fillcolor=_rgba(colour, 0.18),
                     line={"width": 0},
                     hoverinfo="skip",
@@ -1066,10 +1069,10 @@ def grokking_vs_variable(
                     name=f"{name}: never ({len(never)})",
                     legendgroup=name,
                     marker={
-                        "color": "white",
-                        "size": 10,
+                        "color": colour,
+                        "size": 11,
                         "symbol": "circle-open",
-                        "line": {"color": colour, "width": 2},
+                        "line": {"width": 2},
                     },
                     hovertemplate=f"{variable} %{{x}}<br>did not reach it<extra>{name}</extra>",
                 )
@@ -1216,6 +1219,7 @@ def llc_by_ratio(
         fig,
         title="LLC over training by operation ratio (red = uneven, blue = even)",
         hovermode="closest",
+        legend=True,
     )
     fig.update_xaxes(title="step")
     fig.update_yaxes(title="LLC")

@@ -131,7 +131,9 @@ def sortable_table(
                 text = f"{v:{formats.get(c, ',' if isinstance(v, int) else '.4g')}}"
                 cells.append(f'<td class="num" data-v="{v!r}">{html.escape(text)}</td>')
             else:
-                cells.append(f'<td data-v="{html.escape(str(v))}">{html.escape(str(v))}</td>')
+                text = html.escape(str(v))
+                cls = ' class="long"' if len(str(v)) > 60 else ""  # let long text wrap
+                cells.append(f'<td{cls} data-v="{text}">{text}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     return (
         f'<div class="table-wrap"><table class="sortable" id="{html.escape(table_id)}">'
@@ -182,6 +184,7 @@ padding:6px 10px;white-space:nowrap;user-select:none}
 table.sortable th.asc::after{content:" ▲";font-size:10px}
 table.sortable th.desc::after{content:" ▼";font-size:10px}
 table.sortable td{padding:4px 10px;border-top:1px solid var(--line);white-space:nowrap}
+table.sortable td.long{white-space:normal;min-width:360px}
 table.sortable td.num{text-align:right;font-variant-numeric:tabular-nums}
 details{margin-top:8px}
 details pre{background:#f3f5f8;border-radius:8px;padding:10px;font-size:12.5px;overflow:auto}
@@ -194,7 +197,7 @@ footer{color:var(--muted);font-size:12px;text-align:center;padding:10px}
 # Draws every figure, then marks the page ready (for tests/benchmarks); a small table sorter.
 _JS = r"""
 (function(){
-  // Figures are drawn when they come within a screen of the viewport, so a long report
+  // Figures are drawn when they come within 200 px of the viewport, so a long report
   // opens as fast as its first screen; drawAll() draws the rest (tests, printing).
   var report = window.groklabReport = {errors: [], rendered: [], timings: {}};
   var divs = Array.prototype.slice.call(document.querySelectorAll('div.plot[data-fig]'));
@@ -235,7 +238,7 @@ _JS = r"""
         io.unobserve(e.target); return draw(e.target);
       });
       if (first) { first = false; Promise.all(now).then(opened); }
-    }, {rootMargin: '100% 0px'});
+    }, {rootMargin: '200px 0px'});
     divs.forEach(function(d){ io.observe(d); });
   }
   window.addEventListener('beforeprint', function(){ report.drawAll(); });
