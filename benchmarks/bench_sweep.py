@@ -4,9 +4,10 @@
 
 Both sweeps train the same runs into fresh directories; the 2-worker time includes starting
 the worker processes. 1 worker trains in this process with torch's default threads (all
-cores); 2 workers get cores // 2 threads each. Prints one JSON object with both times, their
-ratio (2 workers / 1 worker; 0.5 = perfect scaling on 2 cores) and the load average before and
-after, since other work on the machine distorts the ratio.
+cores); 2 workers get cores // 2 threads each; a third sweep runs 1 worker with 1 thread.
+Prints one JSON object with the times, the ratios (2 workers / 1 worker; 0.5 = perfect
+scaling on 2 cores) and the load average before and after, since other work on the machine
+distorts the ratio.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import os
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from groklab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from groklab.sweep import _cores, run_many
@@ -37,8 +40,8 @@ def _configs(n: int, steps: int) -> list[RunConfig]:
     ]
 
 
-def _time(workers: int, configs: list[RunConfig], root: Path) -> float:
-    outs = [root / f"w{workers}" / c.name for c in configs]
+def _time(workers: int, configs: list[RunConfig], root: Path, tag: str = "") -> float:
+    outs = [root / f"w{workers}{tag}" / c.name for c in configs]
     t0 = time.perf_counter()
     res = run_many(configs, outs, workers=workers, progress=False)
     dt = time.perf_counter() - t0
@@ -58,6 +61,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as tmp:
         t1 = _time(1, configs, Path(tmp))
         t2 = _time(2, configs, Path(tmp))
+        # 1 worker held to 1 torch thread: the per-worker speed, so that t2 / t1_1thread is
+        # the parallel efficiency even when other load makes thread counts matter
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            t1_1 = _time(1, configs, Path(tmp), "t1")
+        finally:
+            torch.set_num_threads(threads)
     load_after = os.getloadavg()
     print(
         json.dumps(
@@ -69,6 +80,8 @@ def main() -> None:
                 "seconds_1_worker": round(t1, 2),
                 "seconds_2_workers": round(t2, 2),
                 "ratio_2_over_1": round(t2 / t1, 3),
+                "seconds_1_worker_1_thread": round(t1_1, 2),
+                "ratio_2_over_1_worker_1_thread": round(t2 / t1_1, 3),
                 "loadavg_before": [round(x, 2) for x in load_before],
                 "loadavg_after": [round(x, 2) for x in load_after],
             },

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import ray
 
 from groklab import sweep as sw
@@ -27,6 +28,7 @@ SPEC = {
 }
 
 
+@pytest.mark.slow  # starts a Ray instance (a few seconds on an idle machine)
 def test_ray_backend_gives_the_local_summary(tmp_path: Path) -> None:
     spec = sw.parse_spec(SPEC)
     local = sw.run_sweep(spec, tmp_path / "local", workers=1, progress=False, figures=False)
