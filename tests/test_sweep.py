@@ -146,7 +146,8 @@ def test_missing_analysis_function_is_a_clear_error(monkeypatch: pytest.MonkeyPa
 
 
 def test_shipped_studies() -> None:
-    assert sw.list_studies() == ["data-fraction", "multi-op-ratio", "precision", "weight-decay"]
+    ours = {"data-fraction", "multi-op-ratio", "precision", "weight-decay"}
+    assert ours <= set(sw.list_studies())  # other parts of the product ship studies too
     mo = sw.expand(sw.load_spec("multi-op-ratio"))
     shares = [r.config.data.shares for r in mo]
     assert [s[0] for s in shares] == pytest.approx([0.30 + 0.05 * i for i in range(9)])
