@@ -10,9 +10,11 @@ minibatch 512, the same epsilon, gamma and nbeta, the run's float64 log-softmax 
 devinterp runs as it is used in the published grokking workflows: ``estimate_learning_coeff_
 with_summary`` over a shuffled ``DataLoader`` with its default ``cores=1`` (chains one after
 another); groklab runs ``groklab.analysis.llc.estimate_llc_at`` (chains vectorised). The two
-are timed alternately, round by round, in this one process, so a change of machine load hits
-both sides; the ratio uses the median wall time of each side (CPU time is reported too).
-Both estimates are printed: they should agree within the chains' spread.
+are timed alternately (the order swaps every round) in this one process, so a change of
+machine load hits both sides; the ratio uses the median wall time of each side (CPU time is
+reported too). devinterp is given groklab's full-data ``L(w*)`` as ``init_loss`` (its default
+averages a few minibatches, whose noise times nbeta shifts the estimate by several units), so
+the two printed estimates are comparable: they should agree within the chains' spread.
 
 Writes ``benchmarks/results/bench_llc.json`` (or ``--out``).
 """
@@ -50,7 +52,9 @@ def _canonical_run(tmp: Path) -> Any:
     return groklab.load_run(out)
 
 
-def _devinterp_estimate(run: Any, step: int, s: llc.LLCSettings, nbeta: float) -> dict:
+def _devinterp_estimate(
+    run: Any, step: int, s: llc.LLCSettings, nbeta: float, init_loss: float
+) -> dict:
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
     from torch.utils.data import DataLoader, TensorDataset
@@ -81,6 +85,7 @@ def _devinterp_estimate(run: Any, step: int, s: llc.LLCSettings, nbeta: float) -
             num_draws=s.draws,
             num_chains=s.chains,
             num_burnin_steps=s.burnin,
+            init_loss=init_loss,
             cores=1,
             seed=s.seed,
             device="cpu",
@@ -141,16 +146,29 @@ def main() -> None:
         )
         ours_t, theirs_t, ours_c, theirs_c = [], [], [], []
         ours = theirs = None
+        init_loss = llc.run_loss(run, step).init_loss
         for r in range(args.rounds):
-            ours, w, c = _timed(lambda: llc.estimate_llc_at(run, step, s))
+
+            def mine() -> llc.LLCResult:
+                return llc.estimate_llc_at(run, step, s)
+
+            def theirs_fn() -> dict:
+                return _devinterp_estimate(run, step, s, nbeta, init_loss)
+
+            if r % 2 == 0:
+                ours, w, c = _timed(mine)
+                theirs, w2, c2 = _timed(theirs_fn)
+            else:
+                theirs, w2, c2 = _timed(theirs_fn)
+                ours, w, c = _timed(mine)
             ours_t.append(w)
             ours_c.append(c)
-            theirs, w2, c2 = _timed(lambda: _devinterp_estimate(run, step, s, nbeta))
             theirs_t.append(w2)
             theirs_c.append(c2)
             print(
                 f"round {r + 1}: groklab {w:.2f} s (LLC {ours.llc:.2f} ± {ours.llc_std:.2f}), "
-                f"devinterp {w2:.2f} s (LLC {theirs['llc']:.2f} ± {theirs['llc_std']:.2f})"
+                f"devinterp {w2:.2f} s (LLC {theirs['llc']:.2f} ± {theirs['llc_std']:.2f})",
+                flush=True,
             )
         t_ours, t_theirs = statistics.median(ours_t), statistics.median(theirs_t)
         ratio = t_theirs / t_ours

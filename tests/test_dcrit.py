@@ -138,7 +138,7 @@ def test_search_with_real_runs(tmp_path, make_config) -> None:
     # Integration with the real executor on runs of a few milliseconds: the verdicts are
     # whatever the tiny runs reach; the search must train, read and record them.
     base = make_config(train={"steps": 20, "eval_every": 10, "checkpoint_every": 10})
-    res = find_dcrit(base, tmp_path, lo=10, hi=60, seeds=(0,), max_rounds=1)
+    res = find_dcrit(base, tmp_path, lo=10, hi=60, seeds=(0,), max_rounds=1, progress=False)
     assert {p.size for p in res.points} >= {10, 60}
     for p in res.points:
         run = tmp_path / f"n{p.size}-s0"

@@ -151,7 +151,12 @@ def test_cli_from_checkpoint(parent, tmp_path) -> None:
 
 def test_ungrok_curve_table(parent, tmp_path) -> None:
     table = ungrok_curve(
-        f"{parent.path}@20", [8, 30], tmp_path / "u", seeds=(0, 1), overrides=["train.steps=4"]
+        f"{parent.path}@20",
+        [8, 30],
+        tmp_path / "u",
+        seeds=(0, 1),
+        overrides=["train.steps=4"],
+        progress=False,
     )
     assert list(table["size"]) == [8, 8, 30, 30] and list(table["seed"]) == [0, 1, 0, 1]
     assert table["test_acc"].between(0, 1).all() and (table["final_step"] == 4).all()
@@ -166,3 +171,36 @@ def test_ungrok_study_spec_parses() -> None:
     sizes = dict(spec.grid)["data.train_subset"]
     assert len(sizes) >= 5
     assert spec.base.train.init_from is not None
+
+
+def test_dcrit_over_a_checkpoint_reuses_the_ungrok_runs(parent, tmp_path) -> None:
+    from groklab.dcrit import find_dcrit
+    from groklab.sweep import run_many
+
+    ref = f"{parent.path}@20"
+    folder = tmp_path / "shared"
+    ungrok_curve(ref, [8, 30], folder, overrides=["train.steps=4"], progress=False)
+    seen, actions = [], []
+
+    def recording(configs, outs, **kw):
+        seen.extend(configs)
+        res = run_many(configs, outs, **{**kw, "progress": False})
+        actions.extend(r["action"] for r in res)
+        return res
+
+    res = find_dcrit(
+        continue_config(ref, ["train.steps=4"]),
+        folder,
+        lo=8,
+        hi=30,
+        seeds=(0,),
+        size_key="data.train_subset",
+        seed_key="data.subset_seed",
+        max_rounds=0,
+        run_many=recording,
+    )
+    assert {p.size for p in res.points} == {8, 30}
+    # the two ends were the ungrok runs: same configs, so nothing was trained again
+    assert actions == ["skipped", "skipped"]
+    assert all(c.train.stop_test_acc is None for c in seen)  # no early stop from a grokked start
+    assert len(list(folder.glob("n*-s0"))) == 2

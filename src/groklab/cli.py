@@ -107,6 +107,18 @@ def train(
         bool,
         typer.Option("--report", help="write DIR/report.html (and figures/) at the end"),
     ] = False,
+    seeds: Annotated[
+        Optional[str],
+        typer.Option(
+            "--seeds",
+            help="train one run per seed (train.seed) as one batched computation, e.g. "
+            "0,1,2,3 or 0-7; run N goes to OUT/seedN",
+        ),
+    ] = None,
+    split_seeds: Annotated[
+        Optional[str],
+        typer.Option("--split-seeds", help="with --seeds: data.split_seed of each run, e.g. 0-7"),
+    ] = None,
 ) -> None:
     """Train a model (a preset, a config file, or defaults = the nanda2023 run)."""
     from groklab.config import apply_overrides, load_config
@@ -150,6 +162,19 @@ def train(
             overrides.append(f"train.device={device}")
         cfg = apply_overrides(cfg, overrides)
         path = out or Path("runs") / cfg.name
+        if seeds is not None or split_seeds is not None:
+            from groklab.train.ensemble import parse_seeds, seed_configs, train_many
+
+            if seeds is None:
+                _fail("--split-seeds needs --seeds (one train seed per split seed)")
+            seed_list = parse_seeds(seeds)
+            splits = parse_seeds(split_seeds) if split_seeds is not None else None
+            cfgs = seed_configs(cfg, seed_list, split_seeds=splits)
+            outs = [path / f"seed{s}" for s in seed_list]
+            train_many(cfgs, outs, progress=not quiet)
+            for o in outs:
+                _print_summary(o, report=report)
+            return
         run_training(cfg, path, progress=not quiet)
         _print_summary(path, report=report)
     except GroklabError as e:

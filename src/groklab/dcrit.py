@@ -170,45 +170,20 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
     }
 
 
-def _run_serial(
-    configs: Sequence[RunConfig], outs: Sequence[str | Path], *, workers: int = 1, **_: Any
-) -> list[dict[str, Any]]:
-    """Stand-in for ``groklab.sweep.run_many``: one run after another in this process."""
-    from groklab.run import load_run
-    from groklab.train.loop import run_training
-
-    results = []
-    for cfg, out in zip(configs, outs, strict=True):
-        out = Path(out)
-        try:
-            if (out / "config.toml").exists():
-                if load_run(out).status == "completed":
-                    results.append({"out": str(out), "status": "skipped", "error": None})
-                    continue
-                run_training(cfg, out, resume=True, progress=False)
-            else:
-                run_training(cfg, out, progress=False)
-            results.append({"out": str(out), "status": "completed", "error": None})
-        except GroklabError as e:
-            results.append({"out": str(out), "status": "failed", "error": str(e)})
-    return results
-
-
-def _default_run_many() -> RunMany:
-    try:
-        from groklab.sweep import run_many
-    except ImportError:  # the sweep machinery is not installed in this tree
-        return _run_serial
-    return run_many
-
-
 def _execute(
-    configs: list[RunConfig], outs: list[Path], *, workers: int, run_many: RunMany | None
+    configs: list[RunConfig],
+    outs: list[Path],
+    *,
+    workers: int,
+    run_many: RunMany | None,
+    progress: bool,
+    title: str,
 ) -> None:
     if not configs:
         return
-    runner = run_many or _default_run_many()
-    results = runner(configs, outs, workers=workers)
+    if run_many is None:
+        from groklab.sweep import run_many
+    results = run_many(configs, outs, workers=workers, progress=progress, title=title)
     failed = [r for r in results if r.get("error")]
     if failed:
         r = failed[0]
@@ -320,6 +295,7 @@ def find_dcrit(
     seed_key: str = "train.seed",
     stop_early: bool = True,
     run_many: RunMany | None = None,
+    progress: bool = True,
     on_round: Callable[[DcritResult], None] | None = None,
 ) -> DcritResult:
     """Search the training-set size at which runs of ``base`` start to generalise.
@@ -331,7 +307,13 @@ def find_dcrit(
     It stops once ``hi / lo <= 1 + rel_tol``, the bracket holds no integer, or after
     ``max_rounds`` rounds. The budget is ``base.train.steps``; with ``stop_early`` a run stops
     once its test accuracy has held ``threshold`` for two evaluations (saves the time of runs
-    that generalise; the verdict is unchanged).
+    that generalise; the verdict is unchanged; not for runs that continue a checkpoint, which
+    start generalised).
+
+    Over a grokked checkpoint (``base = continue_config(ref)``, ``size_key =
+    "data.train_subset"``, ``seed_key = "data.subset_seed"``) the boundary is the ungrokking
+    one: the smallest subset of its own training data on which the model stays generalised;
+    the runs are the same as :func:`ungrok_curve`'s, so both can share one folder.
 
     Args:
         base: config of every run; ``size_key`` and ``seed_key`` are overridden per run.
@@ -347,8 +329,9 @@ def find_dcrit(
             ``data.train_subset`` for a search over continued checkpoints).
         seed_key: the override that sets the seed.
         stop_early: stop generalising runs early.
-        run_many: ``run_many(configs, outs, workers=...)`` → ``[{"out", "status", "error"}]``;
-            default :func:`groklab.sweep.run_many`.
+        run_many: ``run_many(configs, outs, workers=..., progress=..., title=...)`` →
+            ``[{"out", "status", "error"}, ...]``; default :func:`groklab.sweep.run_many`.
+        progress: live progress display of each round's runs.
         on_round: called with the result so far after every round.
 
     Returns:
@@ -368,7 +351,8 @@ def find_dcrit(
     out.mkdir(parents=True, exist_ok=True)
     seeds = tuple(int(s) for s in seeds)
     extra = []
-    if stop_early:
+    # A run continued from a grokked checkpoint starts above the threshold: never stop early.
+    if stop_early and base.train.init_from is None:
         extra = [
             f"train.stop_test_acc={threshold}",
             f"train.stop_patience={2 * base.train.eval_every}",
@@ -386,7 +370,14 @@ def find_dcrit(
                 cfg = apply_overrides(base, [f"{size_key}={size}", f"{seed_key}={seed}", *extra])
                 cfgs.append(replace(cfg, name=f"{base.name}-n{size}-s{seed}"))
                 outs.append(_point_dir(out, size, seed))
-        _execute(cfgs, outs, workers=workers, run_many=run_many)
+        _execute(
+            cfgs,
+            outs,
+            workers=workers,
+            run_many=run_many,
+            progress=progress,
+            title=f"dcrit {base.name}: sizes {', '.join(map(str, sizes))}",
+        )
         for size in sizes:
             o = [run_outcome(_point_dir(out, size, s), threshold=threshold) for s in seeds]
             done[size] = DcritPoint(
@@ -436,6 +427,7 @@ def ungrok_curve(
     overrides: Sequence[str] = (),
     workers: int = 1,
     run_many: RunMany | None = None,
+    progress: bool = True,
 ):
     """Continue checkpoint ``DIR@STEP`` on training subsets of each size; final accuracies.
 
@@ -451,17 +443,22 @@ def ungrok_curve(
     import pandas as pd
 
     out = Path(out)
+    base_name = continue_config(ref, overrides).name
     cfgs, outs, keys = [], [], []
     for size in sizes:
         for seed in seeds:
             cfg = continue_config(
-                ref, [f"data.train_size={size}", f"data.subset_seed={seed}", *overrides]
+                ref, [*overrides, f"data.train_size={size}", f"data.subset_seed={seed}"]
             )
-            cfgs.append(replace(cfg, name=f"{cfg.name}-s{seed}"))
+            # The same config (and name) as find_dcrit's runs over a checkpoint's subsets, so
+            # a search in the same folder reuses these runs.
+            cfgs.append(replace(cfg, name=f"{base_name}-n{size}-s{seed}"))
             outs.append(_point_dir(out, size, seed))
             keys.append((size, seed))
     out.mkdir(parents=True, exist_ok=True)
-    _execute(cfgs, outs, workers=workers, run_many=run_many)
+    _execute(
+        cfgs, outs, workers=workers, run_many=run_many, progress=progress, title=f"ungrok {ref}"
+    )
     rows = []
     for (size, seed), o in zip(keys, outs, strict=True):
         r = run_outcome(o, threshold=0.99)

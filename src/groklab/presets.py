@@ -143,7 +143,7 @@ def _zoo(name: str) -> RunConfig:
         ),
         model=ModelConfig(arch="mlp", n_layers=2, d_mlp=100),
         optim=OptimConfig(lr=1e-3, weight_decay=0.01),
-        train=TrainConfig(steps=20_000, batch_size=1000, eval_every=100, checkpoint_every=2000),
+        train=TrainConfig(steps=20_000, batch_size=1000, eval_every=25, checkpoint_every=1000),
     )
 
 

@@ -219,7 +219,9 @@ def run_cmd(
 
         label = "-".join(n.replace("/", "-") for n in names)
         png = run.path / llc.LLC_DIR / f"llc-{label}-{settings.key()}.png"
-        cols = ["test/loss"] + [f"test/{n}/loss" for n in names if f"test/{n}/loss" in metrics]
+        cols = ["test/loss", "train/loss"] + [
+            f"test/{n}/loss" for n in names if f"test/{n}/loss" in metrics
+        ]
         plot_llc_over_training(
             curves,
             metrics,

@@ -81,9 +81,30 @@ def register(app: typer.Typer) -> None:
             int, typer.Option("--points-per-round", help="sizes tried per round")
         ] = 1,
         workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
+        from_checkpoint: Annotated[
+            str | None,
+            typer.Option(
+                "--from-checkpoint",
+                help="search over subsets of this grokked checkpoint's own training data "
+                "(DIR@STEP): the ungrokking boundary; runs shared with `groklab ungrok`",
+            ),
+        ] = None,
         size_key: Annotated[
-            str, typer.Option("--size-key", help="the field that sets the size")
-        ] = "data.train_size",
+            str | None,
+            typer.Option(
+                "--size-key",
+                help="the field that sets the size (data.train_size; data.train_subset with "
+                "--from-checkpoint)",
+            ),
+        ] = None,
+        seed_key: Annotated[
+            str | None,
+            typer.Option(
+                "--seed-key",
+                help="the field the seeds set (train.seed; data.subset_seed with "
+                "--from-checkpoint)",
+            ),
+        ] = None,
         out: Annotated[
             Path | None,
             typer.Option("--out", "-o", help="search folder (default sweeps/dcrit-<name>)"),
@@ -94,17 +115,26 @@ def register(app: typer.Typer) -> None:
         Re-running the same command continues a killed search."""
         from groklab.cli import _fail, console
         from groklab.config import apply_overrides, load_config
-        from groklab.dcrit import find_dcrit
+        from groklab.dcrit import continue_config, find_dcrit, parse_checkpoint_ref
         from groklab.errors import GroklabError
         from groklab.presets import get_preset
 
         try:
-            if preset and config:
-                _fail("give --preset or --config, not both")
-            base = load_config(config) if config else get_preset(preset or "nanda2023")
             ovs = list(set_ or []) + ([f"train.steps={steps}"] if steps else [])
-            base = apply_overrides(base, ovs)
-            folder = out or Path("sweeps") / f"dcrit-{base.name}"
+            if from_checkpoint is not None:
+                if preset or config:
+                    _fail("--from-checkpoint takes the checkpoint's config; drop --preset/--config")
+                base = continue_config(from_checkpoint, ovs)
+                run_dir, step = parse_checkpoint_ref(from_checkpoint)
+                folder = out or Path("sweeps") / f"ungrok-{run_dir.name}-{step}"
+                size_key = size_key or "data.train_subset"
+                seed_key = seed_key or "data.subset_seed"
+            else:
+                if preset and config:
+                    _fail("give --preset or --config, not both")
+                base = load_config(config) if config else get_preset(preset or "nanda2023")
+                base = apply_overrides(base, ovs)
+                folder = out or Path("sweeps") / f"dcrit-{base.name}"
 
             def report(res: Any) -> None:
                 p = res.points
@@ -122,7 +152,8 @@ def register(app: typer.Typer) -> None:
                 max_rounds=max_rounds,
                 points_per_round=points,
                 workers=workers,
-                size_key=size_key,
+                size_key=size_key or "data.train_size",
+                seed_key=seed_key or "train.seed",
                 on_round=report,
             )
         except GroklabError as e:

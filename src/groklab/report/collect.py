@@ -582,7 +582,7 @@ def _circuit_sections(d: RunData, analyze: str) -> list[Section]:
             ex = c.pca_explained
             lab = "PC 1 vs PC 2" + (f" ({sum(ex[:2]):.0%} of variance)" if ex else "")
             coords[lab] = c.pca
-        for k, xy in list(c.circles.items())[:3]:
+        for k, xy in list(c.circles.items())[:8]:
             coords[f"cos/sin of frequency {k}"] = xy
         if coords:
             out["embedding"][f"embedding{sfx}"] = F.embedding_pcs(coords, tokens=c.residues)

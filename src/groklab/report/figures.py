@@ -770,8 +770,18 @@ def embedding_pcs(
         tokens: the token (residue) of each row, for the hover text (default 0..n−1).
     """
     names = list(coords)
-    fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, horizontal_spacing=0.06)
-    for c, name in enumerate(names, start=1):
+    n_cols = min(3, max(1, len(names)))
+    n_rows = -(-len(names) // n_cols)
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        subplot_titles=names,
+        horizontal_spacing=0.07,
+        vertical_spacing=0.12 if n_rows > 1 else 0.0,
+    )
+    for i, name in enumerate(names):
+        r, c = divmod(i, n_cols)
+        r, c = r + 1, c + 1
         xy = np.asarray(coords[name], dtype=float)
         idx = np.arange(len(xy))
         tok = idx if tokens is None else np.asarray(tokens)
@@ -785,7 +795,7 @@ def embedding_pcs(
                     "color": idx,
                     "colorscale": "HSV",
                     "size": 7,
-                    "showscale": c == len(names),
+                    "showscale": i == len(names) - 1,
                     "colorbar": {"title": "index"},
                     "line": {"width": 0.5, "color": "#333"},
                 },
@@ -793,11 +803,11 @@ def embedding_pcs(
                 hovertemplate="token %{customdata[0]} (index %{customdata[1]})"
                 "<br>(%{x:.3g}, %{y:.3g})<extra></extra>",
             ),
-            row=1,
+            row=r,
             col=c,
         )
-        fig.update_yaxes(scaleanchor=f"x{c if c > 1 else ''}", scaleratio=1, row=1, col=c)
-    _layout(fig, title="Token embeddings in 2D", height=500)
+        fig.update_yaxes(scaleanchor=f"x{i + 1 if i else ''}", scaleratio=1, row=r, col=c)
+    _layout(fig, title="Token embeddings in 2D", height=120 + 380 * n_rows)
     return fig
 
 

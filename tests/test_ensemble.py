@@ -1,0 +1,181 @@
+"""Many seeds at once: a stack of K models equals K models trained alone, each a normal run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from groklab.cli import app
+from groklab.config import RunConfig
+from groklab.errors import ConfigError
+from groklab.run import load_run
+from groklab.train import loop
+from groklab.train.ensemble import check_stackable, parse_seeds, seed_configs, train_many
+from groklab.train.loop import run_training
+
+
+def _configs(k: int = 3, **kw) -> list[RunConfig]:
+    base = {"train": {}, "data": {}, "model": {}, "optim": {}}
+    for sec, v in kw.items():
+        base[sec] = v
+    return [
+        tiny_config(
+            name=f"m{s}",
+            train={**base["train"], "seed": s},
+            data={**base["data"], "split_seed": s},
+            model=base["model"],
+            optim=base["optim"],
+        )
+        for s in range(k)
+    ]
+
+
+def _assert_same_run(alone, stacked, *, atol: float = 1e-5) -> None:
+    ma, mb = alone.metrics, stacked.metrics
+    assert list(ma.columns) == list(mb.columns)
+    assert ma["step"].tolist() == mb["step"].tolist()
+    for col in ma.columns:
+        torch.testing.assert_close(
+            torch.tensor(mb[col].to_numpy()), torch.tensor(ma[col].to_numpy()), rtol=1e-4, atol=atol
+        )
+    assert alone.checkpoint_steps == stacked.checkpoint_steps
+    last = alone.checkpoint_steps[-1]
+    wa, wb = alone.weights_at(last), stacked.weights_at(last)
+    assert set(wa) == set(wb)
+    for n in wa:
+        torch.testing.assert_close(wb[n], wa[n], rtol=1e-4, atol=atol)
+    assert alone.manifest["status"] == stacked.manifest["status"]
+    assert alone.manifest["final_step"] == stacked.manifest["final_step"]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},  # full batch, transformer (table route), different split seeds
+        {"train": {"batch_size": 16}},  # minibatches drawn per model from its own seed
+        {"model": {"arch": "mlp", "n_layers": 2}},  # non-transformer: vmap path
+        {"model": {"n_layers": 2, "layernorm": True}},
+        {"optim": {"grokfast": "ema", "perp_grad": True}},
+    ],
+    ids=["full", "minibatch", "mlp", "2layer-ln", "filters"],
+)
+def test_stack_equals_runs_alone(tmp_path, kw: dict) -> None:
+    cfgs = _configs(3, **kw)
+    alone = [
+        load_run(run_training(c, tmp_path / f"a{i}", progress=False)) for i, c in enumerate(cfgs)
+    ]
+    stacked = train_many(cfgs, [tmp_path / f"s{i}" for i in range(3)])
+    for a, s in zip(alone, stacked, strict=True):
+        _assert_same_run(a, s)
+    # the models really differ from each other (seeds took effect)
+    w0, w1 = stacked[0].weights_at(0), stacked[1].weights_at(0)
+    assert not torch.equal(w0["embed.W_E"], w1["embed.W_E"])
+
+
+def test_each_stacked_run_is_a_normal_run_directory(tmp_path) -> None:
+    cfgs = _configs(2)
+    runs = train_many(cfgs, [tmp_path / "x" / f"seed{i}" for i in range(2)])
+    for i, run in enumerate(runs):
+        assert run.config == cfgs[i]
+        m = run.manifest
+        assert m["status"] == "completed" and m["seed"] == i and m["split_seed"] == i
+        assert m["stack"]["size"] == 2 and m["stack"]["index"] == i
+        assert run.checkpoint_steps == [0, 10, 20, 30]
+        model = run.model_at(30)
+        logits = model(run.task.test_x[:5], n_scored=1)
+        assert logits.shape == (5, 1, run.task.d_vocab_out)
+        assert (run.path / "state.safetensors").exists()
+
+
+def test_models_stop_early_on_their_own(tmp_path) -> None:
+    # Test accuracy of these seeds first reaches 0.2 at different steps (one never does).
+    kw = {"train": {"steps": 60, "stop_test_acc": 0.2}, "optim": {"lr": 3e-2}}
+    cfgs = _configs(4, **kw)
+    alone = [
+        load_run(run_training(c, tmp_path / f"a{i}", progress=False)) for i, c in enumerate(cfgs)
+    ]
+    stacked = train_many(cfgs, [tmp_path / f"s{i}" for i in range(4)])
+    finals = {a.manifest["final_step"] for a in alone}
+    assert len(finals) >= 2, "the check needs models that stop at different steps"
+    for a, s in zip(alone, stacked, strict=True):
+        _assert_same_run(a, s)
+
+
+def test_killed_stack_resumes_to_the_same_end(tmp_path, monkeypatch) -> None:
+    cfgs = _configs(2, optim={"grokfast": "ma", "grokfast_window": 3})
+    whole = train_many(cfgs, [tmp_path / f"w{i}" for i in range(2)])
+    real_lr_at = loop.lr_at
+
+    def dies_at_17(step, cfg):
+        if step == 17:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", dies_at_17)
+    outs = [tmp_path / f"k{i}" for i in range(2)]
+    with pytest.raises(KeyboardInterrupt):
+        train_many(cfgs, outs)
+    assert json.loads((outs[0] / "manifest.json").read_text())["status"] == "failed"
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    resumed = train_many(cfgs, outs, resume=True)
+    for a, b in zip(whole, resumed, strict=True):
+        assert a.metrics.equals(b.metrics)
+        wa, wb = a.weights_at(30), b.weights_at(30)
+        assert all(torch.equal(wa[n], wb[n]) for n in wa)
+    # one member of a stack also resumes alone, from the same state file
+    run_training(cfgs[0], outs[0], resume=True, progress=False)
+
+
+def test_only_seeds_may_differ() -> None:
+    a, b = _configs(2)
+    check_stackable([a, b])
+    with pytest.raises(ConfigError, match=r"optim\.lr differs"):
+        check_stackable([a, tiny_config(optim={"lr": 0.5})])
+    with pytest.raises(ConfigError, match=r"model\.d_mlp"):
+        check_stackable([a, tiny_config(model={"d_mlp": 64})])
+
+
+def test_parse_and_seed_configs() -> None:
+    assert parse_seeds("0,1,2,3") == [0, 1, 2, 3]
+    assert parse_seeds("0-3,10") == [0, 1, 2, 3, 10]
+    for bad in ("", "a", "1,1", "-2", "3-x"):
+        with pytest.raises(ConfigError, match="--seeds"):
+            parse_seeds(bad)
+    cfgs = seed_configs(tiny_config(name="base"), [4, 7], split_seeds=[1, 2])
+    assert [c.name for c in cfgs] == ["base-seed4", "base-seed7"]
+    assert [c.train.seed for c in cfgs] == [4, 7]
+    assert [c.data.split_seed for c in cfgs] == [1, 2]
+
+
+def test_cli_seeds_write_one_run_per_seed(tmp_path) -> None:
+    out = tmp_path / "base"
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--preset",
+            "smoke",
+            "--set",
+            "train.steps=4",
+            "--set",
+            "train.eval_every=2",
+            "--set",
+            "model.d_model=16",
+            "--set",
+            "model.d_mlp=32",
+            "--seeds",
+            "0,3",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in out.iterdir()) == ["seed0", "seed3"]
+    assert load_run(out / "seed3").config.train.seed == 3
+    bad = CliRunner().invoke(app, ["train", "--preset", "smoke", "--seeds", "1,1", "-q"])
+    assert bad.exit_code == 2
