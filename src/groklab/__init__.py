@@ -4,8 +4,8 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from groklab.api import train  # noqa: E402
-from groklab.config import (  # noqa: E402
+from groklab.api import train
+from groklab.config import (
     DataConfig,
     ModelConfig,
     OptimConfig,
@@ -14,7 +14,7 @@ from groklab.config import (  # noqa: E402
     apply_overrides,
     load_config,
 )
-from groklab.errors import (  # noqa: E402
+from groklab.errors import (
     CheckpointError,
     ConfigError,
     GroklabError,
@@ -22,8 +22,8 @@ from groklab.errors import (  # noqa: E402
     RunLockedError,
     RunNotFoundError,
 )
-from groklab.presets import PRESETS, get_preset  # noqa: E402
-from groklab.run import Run, load_run  # noqa: E402
+from groklab.presets import PRESETS, get_preset
+from groklab.run import Run, load_run
 
 __all__ = [
     "PRESETS",

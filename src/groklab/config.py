@@ -449,9 +449,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            if len(args) < len(get_args(tp)):
-                return None
+        is_none = value is None or (isinstance(value, str) and value.lower() in ("none", "null"))
+        if is_none and len(args) < len(get_args(tp)):
+            return None
         errors = []
         for a in args:
             try:
