@@ -123,9 +123,10 @@ def fig_llc_curves(llc: dict[str, pd.DataFrame], shares: dict[str, float]) -> An
     u_max = max((unevenness(s) for s in shares.values()), default=1.0) or 1.0
     cmap = plt.get_cmap("coolwarm")
     for label, df in sorted(llc.items(), key=lambda kv: -unevenness(shares[kv[0]])):
-        d = df.sort_values("step")
+        # estimates whose chains all diverged are NaN: leave them out, mark the ones kept
+        d = df.dropna(subset=["llc"]).sort_values("step")
         c = cmap(unevenness(shares[label]) / u_max)
-        ax.plot(d["step"], d["llc"], color=c, lw=1.6, label=f"{label}")
+        ax.plot(d["step"], d["llc"], "o-", ms=3, color=c, lw=1.6, label=f"{label}")
     ax.set_xlabel("step")
     ax.set_ylabel("estimated LLC")
     ax.set_title("LLC over training (red: uneven add/mul mix, blue: even)")
