@@ -456,7 +456,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--grokfast-preset", default="nanda2023", help="config of --grokfast")
     ap.add_argument("--grokfast-seeds", type=int, default=3)
     ap.add_argument("--grokfast-steps", type=int, default=20_000, help="step budget per run")
-    ap.add_argument("--skip-seeds", action="store_true", help="skip the many-seeds benchmark")
+    ap.add_argument(
+        "--only",
+        choices=("step", "seeds", "grokfast"),
+        help="run just this section (step = canonical step, ceiling and profile)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = ap.parse_args(argv)
 
@@ -487,174 +491,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"load average {result['machine']['load_avg_start']:.2f}"
     )
+    do = {
+        "step": args.only in (None, "step"),
+        "seeds": args.only in (None, "seeds"),
+        "grok": args.only is None and args.grok is not None,
+        "grokfast": args.only == "grokfast" or (args.only is None and args.grokfast),
+    }
     with tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmpdir:
         tmp = Path(tmpdir)
-        mm0 = matmul_flops(device)
-        step = bench_step(
-            canon, device, rounds=3 if q else 5, loop_steps=100 if q else 200, tmp=tmp / "step"
-        )
-        mm1 = matmul_flops(device)
-        ceiling = max(mm0, mm1)
-        s = step["seconds"]
-        step["matmul_flops_per_s"] = ceiling
-        step["achieved_flops_per_s_loop"] = step["flops_groklab_step"] / s["loop"]
-        step["achieved_flops_per_s_bare"] = step["flops_groklab_step"] / s["bare"]
-        step["fraction_of_matmul_loop"] = step["achieved_flops_per_s_loop"] / ceiling
-        step["fraction_of_matmul_bare"] = step["achieved_flops_per_s_bare"] / ceiling
-        step["baseline_flops_per_s"] = step["flops_baseline_step"] / s["base"]
-        result["canonical_step"] = step
-        _table(
-            f"canonical step (nanda2023, {step['n_train']} train rows, full batch); "
-            f"medians of {step['rounds']} interleaved rounds",
-            ["", "wall ms/step", "cpu ms/step", "× faster (wall)", "× faster (cpu)"],
-            [
-                [
-                    "baseline (published-style loop)",
-                    _fmt_ms(s["base"]),
-                    _fmt_ms(s["base_cpu"]),
-                    "1.00",
-                    "1.00",
-                ],
-                [
-                    f"groklab trainer (eval {step['eval_every']}, ckpt {step['checkpoint_every']})",
-                    _fmt_ms(s["loop"]),
-                    _fmt_ms(s["loop_cpu"]),
-                    f"{step['ratio_loop']:.2f}",
-                    f"{step['ratio_loop_cpu']:.2f}",
-                ],
-                [
-                    "groklab bare step (fwd+bwd+AdamW)",
-                    _fmt_ms(s["bare"]),
-                    _fmt_ms(s["bare_cpu"]),
-                    f"{step['ratio_bare']:.2f}",
-                    f"{s['base_cpu'] / s['bare_cpu']:.2f}",
-                ],
-            ],
-        )
-        _table(
-            "machine ceiling",
-            ["", "GFLOP/step", "GFLOP/s", "% of matmul"],
-            [
-                ["large float32 matmul (2048³)", "", f"{ceiling / 1e9:.1f}", "100.0"],
-                [
-                    "groklab step, trainer time",
-                    f"{step['flops_groklab_step'] / 1e9:.3f}",
-                    f"{step['achieved_flops_per_s_loop'] / 1e9:.1f}",
-                    f"{100 * step['fraction_of_matmul_loop']:.1f}",
-                ],
-                [
-                    "groklab step, bare time",
-                    f"{step['flops_groklab_step'] / 1e9:.3f}",
-                    f"{step['achieved_flops_per_s_bare'] / 1e9:.1f}",
-                    f"{100 * step['fraction_of_matmul_bare']:.1f}",
-                ],
-                [
-                    "baseline step (incl. test forward)",
-                    f"{step['flops_baseline_step'] / 1e9:.3f}",
-                    f"{step['baseline_flops_per_s'] / 1e9:.1f}",
-                    f"{100 * step['baseline_flops_per_s'] / ceiling:.1f}",
-                ],
-            ],
-        )
-
-        prof = profile_step(canon, device)
-        result["profile"] = prof
-        tot = prof["ms_per_step_profiled"]
-        _table(
-            f"where groklab's canonical step goes (torch.profiler, {tot:.1f} ms/step of op time)",
-            ["kind of work", "ms/step", "share"],
-            [[g, f"{ms:.2f}", f"{100 * ms / tot:.0f}%"] for g, ms in prof["groups"].items()],
-        )
-        _table(
-            "top ops",
-            ["op", "ms/step", "calls/step"],
-            [[o["op"], f"{o['ms']:.2f}", str(o["calls"])] for o in prof["top_ops"][:12]],
-        )
-
-        if not args.skip_seeds:
-            k = args.seeds_k
-            seeds_res = [
-                bench_seeds(
-                    smoke,
-                    device,
-                    k=k,
-                    steps=100 if q else 300,
-                    rounds=1 if q else 2,
-                    tmp=tmp / "sm",
-                ),
-                bench_seeds(
-                    canon, device, k=k, steps=30 if q else 100, rounds=1 if q else 2, tmp=tmp / "cn"
-                ),
-            ]
-            result["many_seeds"] = seeds_res
-            _table(
-                f"many seeds at once: K = {k} as one stack vs {k} runs one after another "
-                "(trainer loop time, eval and checkpoints included)",
-                [
-                    "config",
-                    "steps",
-                    "sequential model-steps/s",
-                    "stacked model-steps/s",
-                    "× faster",
-                ],
-                [
-                    [
-                        r["config"],
-                        str(r["steps"]),
-                        f"{r['sequential_model_steps_per_s']:.1f}",
-                        f"{r['stacked_model_steps_per_s']:.1f}",
-                        f"{r['ratio']:.2f}",
-                    ]
-                    for r in seeds_res
-                ],
-            )
-
-        if args.grok:
-            g = bench_grok(canon, device, args.grok, step, tmp / "grok", args.grok_run)
-            result["time_to_grok"] = g
-            if "error" in g:
-                print(f"\n== time to grok: not available ({g['error']})")
-            else:
-                _table(
-                    f"time to grok the canonical run ({g['mode']}: {g['how']})",
-                    ["", "steps", "wall"],
-                    [
-                        [
-                            "baseline",
-                            str(g.get("baseline_grok_step", g["grok_step"])),
-                            f"{g['baseline_s'] / 60:.1f} min",
-                        ],
-                        ["groklab", str(g["grok_step"]), f"{g['groklab_s'] / 60:.1f} min"],
-                        ["× faster", "", f"{g['ratio']:.2f}"],
-                    ],
-                )
-
-        if args.grokfast:
+        if do["step"]:
+            _section_step(result, canon, device, q, tmp)
+        if do["seeds"]:
+            _section_seeds(result, smoke, canon, device, q, args.seeds_k, tmp)
+        if do["grok"]:
+            _section_grok(result, canon, device, args.grok, args.grok_run, tmp)
+        if do["grokfast"]:
             gf_cfg = groklab.get_preset(args.grokfast_preset)
-            gf = bench_grokfast(
-                gf_cfg, device, seeds=args.grokfast_seeds, steps=args.grokfast_steps, tmp=tmp / "gf"
-            )
-            result["grokfast"] = gf
-            _table(
-                f"Grokfast-EMA (α {gf['alpha']}, λ {gf['lambda']}) vs none on {gf['config']}, "
-                f"weight decay {gf['weight_decay']} in both, test accuracy checked every "
-                f"{gf['eval_every']} steps, budget {gf['max_steps']} steps",
-                ["arm", "steps to 99% per seed", "mean", "std", "reached", "wall"],
-                [
-                    [
-                        name,
-                        ", ".join("-" if h is None else str(h) for h in a["steps_to_99"]),
-                        "-" if a["mean"] is None else f"{a['mean']:.0f}",
-                        "-" if a["std"] is None else f"{a['std']:.0f}",
-                        a["reached"],
-                        f"{a['wall_s'] / 60:.1f} min",
-                    ]
-                    for name, a in gf["arms"].items()
-                ],
-            )
-            if gf["speedup"]:
-                print(f"Grokfast reaches 99% in {1 / gf['speedup']:.2f}× the steps of no filter")
-
+            _section_grokfast(result, gf_cfg, device, args, tmp)
     result["machine"]["load_avg_end"] = _load()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -666,6 +519,190 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{result['machine']['load_avg_end']:.2f}; results in {args.out / f'bench-{stamp}.json'}"
     )
     return result
+
+
+def _section_step(
+    result: dict[str, Any], canon: RunConfig, device: torch.device, q: bool, tmp: Path
+) -> None:
+    mm0 = matmul_flops(device)
+    step = bench_step(
+        canon, device, rounds=3 if q else 5, loop_steps=100 if q else 200, tmp=tmp / "step"
+    )
+    mm1 = matmul_flops(device)
+    ceiling = max(mm0, mm1)
+    s = step["seconds"]
+    step["matmul_flops_per_s"] = ceiling
+    step["achieved_flops_per_s_loop"] = step["flops_groklab_step"] / s["loop"]
+    step["achieved_flops_per_s_bare"] = step["flops_groklab_step"] / s["bare"]
+    step["fraction_of_matmul_loop"] = step["achieved_flops_per_s_loop"] / ceiling
+    step["fraction_of_matmul_bare"] = step["achieved_flops_per_s_bare"] / ceiling
+    step["baseline_flops_per_s"] = step["flops_baseline_step"] / s["base"]
+    result["canonical_step"] = step
+    _table(
+        f"canonical step (nanda2023, {step['n_train']} train rows, full batch); "
+        f"medians of {step['rounds']} interleaved rounds",
+        ["", "wall ms/step", "cpu ms/step", "× faster (wall)", "× faster (cpu)"],
+        [
+            [
+                "baseline (published-style loop)",
+                _fmt_ms(s["base"]),
+                _fmt_ms(s["base_cpu"]),
+                "1.00",
+                "1.00",
+            ],
+            [
+                f"groklab trainer (eval {step['eval_every']}, ckpt {step['checkpoint_every']})",
+                _fmt_ms(s["loop"]),
+                _fmt_ms(s["loop_cpu"]),
+                f"{step['ratio_loop']:.2f}",
+                f"{step['ratio_loop_cpu']:.2f}",
+            ],
+            [
+                "groklab bare step (fwd+bwd+AdamW)",
+                _fmt_ms(s["bare"]),
+                _fmt_ms(s["bare_cpu"]),
+                f"{step['ratio_bare']:.2f}",
+                f"{s['base_cpu'] / s['bare_cpu']:.2f}",
+            ],
+        ],
+    )
+    _table(
+        "machine ceiling",
+        ["", "GFLOP/step", "GFLOP/s", "% of matmul"],
+        [
+            ["large float32 matmul (2048³)", "", f"{ceiling / 1e9:.1f}", "100.0"],
+            [
+                "groklab step, trainer time",
+                f"{step['flops_groklab_step'] / 1e9:.3f}",
+                f"{step['achieved_flops_per_s_loop'] / 1e9:.1f}",
+                f"{100 * step['fraction_of_matmul_loop']:.1f}",
+            ],
+            [
+                "groklab step, bare time",
+                f"{step['flops_groklab_step'] / 1e9:.3f}",
+                f"{step['achieved_flops_per_s_bare'] / 1e9:.1f}",
+                f"{100 * step['fraction_of_matmul_bare']:.1f}",
+            ],
+            [
+                "baseline step (incl. test forward)",
+                f"{step['flops_baseline_step'] / 1e9:.3f}",
+                f"{step['baseline_flops_per_s'] / 1e9:.1f}",
+                f"{100 * step['baseline_flops_per_s'] / ceiling:.1f}",
+            ],
+        ],
+    )
+
+    prof = profile_step(canon, device)
+    result["profile"] = prof
+    tot = prof["ms_per_step_profiled"]
+    _table(
+        f"where groklab's canonical step goes (torch.profiler, {tot:.1f} ms/step of op time)",
+        ["kind of work", "ms/step", "share"],
+        [[g, f"{ms:.2f}", f"{100 * ms / tot:.0f}%"] for g, ms in prof["groups"].items()],
+    )
+    _table(
+        "top ops",
+        ["op", "ms/step", "calls/step"],
+        [[o["op"], f"{o['ms']:.2f}", str(o["calls"])] for o in prof["top_ops"][:12]],
+    )
+
+
+def _section_seeds(
+    result: dict[str, Any],
+    smoke: RunConfig,
+    canon: RunConfig,
+    device: torch.device,
+    q: bool,
+    k: int,
+    tmp: Path,
+) -> None:
+    seeds_res = [
+        bench_seeds(
+            smoke,
+            device,
+            k=k,
+            steps=100 if q else 300,
+            rounds=1 if q else 2,
+            tmp=tmp / "sm",
+        ),
+        bench_seeds(
+            canon, device, k=k, steps=30 if q else 100, rounds=1 if q else 2, tmp=tmp / "cn"
+        ),
+    ]
+    result["many_seeds"] = seeds_res
+    _table(
+        f"many seeds at once: K = {k} as one stack vs {k} runs one after another "
+        "(trainer loop time, eval and checkpoints included)",
+        [
+            "config",
+            "steps",
+            "sequential model-steps/s",
+            "stacked model-steps/s",
+            "× faster",
+        ],
+        [
+            [
+                r["config"],
+                str(r["steps"]),
+                f"{r['sequential_model_steps_per_s']:.1f}",
+                f"{r['stacked_model_steps_per_s']:.1f}",
+                f"{r['ratio']:.2f}",
+            ]
+            for r in seeds_res
+        ],
+    )
+
+
+def _section_grok(
+    result: dict[str, Any], canon: RunConfig, device: torch.device, mode: str, run: Path, tmp: Path
+) -> None:
+    step = result["canonical_step"]
+    g = bench_grok(canon, device, mode, step, tmp / "grok", run)
+    result["time_to_grok"] = g
+    if "error" in g:
+        print(f"\n== time to grok: not available ({g['error']})")
+    else:
+        _table(
+            f"time to grok the canonical run ({g['mode']}: {g['how']})",
+            ["", "steps", "wall"],
+            [
+                [
+                    "baseline",
+                    str(g.get("baseline_grok_step", g["grok_step"])),
+                    f"{g['baseline_s'] / 60:.1f} min",
+                ],
+                ["groklab", str(g["grok_step"]), f"{g['groklab_s'] / 60:.1f} min"],
+                ["× faster", "", f"{g['ratio']:.2f}"],
+            ],
+        )
+
+
+def _section_grokfast(
+    result: dict[str, Any], gf_cfg: RunConfig, device: torch.device, args: Any, tmp: Path
+) -> None:
+    gf = bench_grokfast(
+        gf_cfg, device, seeds=args.grokfast_seeds, steps=args.grokfast_steps, tmp=tmp / "gf"
+    )
+    result["grokfast"] = gf
+    _table(
+        f"Grokfast-EMA (α {gf['alpha']}, λ {gf['lambda']}) vs none on {gf['config']}, "
+        f"weight decay {gf['weight_decay']} in both, test accuracy checked every "
+        f"{gf['eval_every']} steps, budget {gf['max_steps']} steps",
+        ["arm", "steps to 99% per seed", "mean", "std", "reached", "wall"],
+        [
+            [
+                name,
+                ", ".join("-" if h is None else str(h) for h in a["steps_to_99"]),
+                "-" if a["mean"] is None else f"{a['mean']:.0f}",
+                "-" if a["std"] is None else f"{a['std']:.0f}",
+                a["reached"],
+                f"{a['wall_s'] / 60:.1f} min",
+            ]
+            for name, a in gf["arms"].items()
+        ],
+    )
+    if gf["speedup"]:
+        print(f"Grokfast reaches 99% in {1 / gf['speedup']:.2f}× the steps of no filter")
 
 
 if __name__ == "__main__":
