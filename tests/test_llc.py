@@ -386,6 +386,16 @@ def test_over_checkpoints_caches_and_recomputes_only_missing(tiny_run: Path) -> 
     rows, traces = llc.read_cache(run, _FAST, subset="add")
     assert sorted(rows["step"]) == [0, 20, 40, 60]
     assert len(traces) == 4 * 2 * 30
+    # another process filling the same cache meanwhile: its rows survive our writes
+    other_proc = replace(_FAST, seed=2)
+
+    def interleave(step: int, res: object) -> None:
+        if step == 20:
+            llc.llc_over_checkpoints(run, other_proc, steps=[0], subset="add")
+
+    llc.llc_over_checkpoints(run, other_proc, steps=[20, 40], subset="add", on_step=interleave)
+    rows2, _ = llc.read_cache(run, other_proc, subset="add")
+    assert sorted(rows2["step"]) == [0, 20, 40]
     # other settings are a separate cache
     other = replace(_FAST, seed=1)
     df3 = llc.llc_over_checkpoints(run, other, steps=[60], subset="add")

@@ -826,12 +826,10 @@ def llc_over_checkpoints(
     key = _cache_key(name, s)
     p_json, p_rows, p_traces = _cache_paths(run, key)
     wanted = select_steps(run.checkpoint_steps, every=every, steps=steps)
-    cached_rows, cached_traces = (
+    cached_rows, _ = (
         (pd.DataFrame({"step": []}), None) if recompute else read_cache(run, s, subset=subset)
     )
     done = set(int(v) for v in cached_rows["step"]) if len(cached_rows) else set()
-    new_rows = [r for r in cached_rows.to_dict("records")] if len(cached_rows) else []
-    trace_parts = [cached_traces] if cached_traces is not None and len(cached_traces) else []
     from groklab import __version__
 
     meta: dict[str, Any] = {
@@ -850,22 +848,37 @@ def llc_over_checkpoints(
             continue
         res = estimate_llc_at(run, step, s, subset=subset, device=device)
         meta.update({"n": res.n, "nbeta": res.nbeta, "n_params": res.n_params})
-        new_rows = [r for r in new_rows if int(r["step"]) != step] + [_row(step, res)]
-        trace_parts = [tp[tp["step"] != step] for tp in trace_parts]
-        trace_parts.append(_trace_frame(step, res.trace))
-        df = pd.DataFrame(new_rows).sort_values("step").reset_index(drop=True)
-        _write_parquet(p_rows, df)
-        _write_parquet(p_traces, pd.concat(trace_parts, ignore_index=True))
-        trace_parts = [pd.concat(trace_parts, ignore_index=True)]
-        from groklab.store import atomic_write_text
-
-        atomic_write_text(p_json, json.dumps(meta, indent=2, sort_keys=True))
+        _merge_into_cache(p_json, p_rows, p_traces, step, res, meta)
         if on_step is not None:
             on_step(step, res)
-    if not new_rows:
+    rows, _ = read_cache(run, s, subset=subset)
+    if not len(rows):
         return pd.DataFrame({"step": []})
-    df = pd.DataFrame(new_rows).sort_values("step").reset_index(drop=True)
-    return df[df["step"].isin(wanted)].reset_index(drop=True)
+    rows = rows[rows["step"].isin(wanted)]
+    return rows.sort_values("step").reset_index(drop=True)
+
+
+def _merge_into_cache(
+    p_json: Path, p_rows: Path, p_traces: Path, step: int, res: LLCResult, meta: dict[str, Any]
+) -> None:
+    """Add one step's result to the cache files, under a lock, merged with what is on disk
+    now — so several processes may fill one cache (e.g. disjoint ``--steps``) at once."""
+    import fcntl
+
+    from groklab.store import atomic_write_text
+
+    p_rows.parent.mkdir(parents=True, exist_ok=True)
+    with open(p_rows.parent / f".{p_rows.stem}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = pd.read_parquet(p_rows) if p_rows.exists() else pd.DataFrame({"step": []})
+        traces = pd.read_parquet(p_traces) if p_traces.exists() else None
+        new_row = pd.DataFrame([_row(step, res)])
+        rows = new_row if not len(rows) else pd.concat([rows[rows["step"] != step], new_row])
+        new_tr = _trace_frame(step, res.trace)
+        traces = new_tr if traces is None else pd.concat([traces[traces["step"] != step], new_tr])
+        _write_parquet(p_rows, rows.sort_values("step").reset_index(drop=True))
+        _write_parquet(p_traces, traces.reset_index(drop=True))
+        atomic_write_text(p_json, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def landmarks(df: pd.DataFrame, *, tol: float = 0.1) -> dict[str, Any]:
