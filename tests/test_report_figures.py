@@ -394,3 +394,62 @@ def test_sweep_report_from_a_sweep_directory(tmp_path):
     page = (sweep / "report.html").read_text()
     assert 'id="sweep-runs"' in page and page.count("<tr>") >= 5
     assert 'data-fig="grokking-vs-optim-weight-decay"' in page
+
+
+# --------------------------------------------------------------------------- command line
+def _fake_run(root, name="fake"):
+    """A run directory with config, manifest and metrics only (no training)."""
+    from groklab.config import save_config
+    from groklab.presets import get_preset
+
+    rd = root / name
+    rd.mkdir(parents=True)
+    (rd / "config.toml").write_text(save_config(get_preset("smoke")))
+    (rd / "manifest.json").write_text(json.dumps({"status": "completed", "seed": 0}))
+    synthetic.synthetic_metrics(np.arange(0, 3001, 50), grok=1200).to_parquet(
+        rd / "metrics.parquet"
+    )
+    return rd
+
+
+def test_cli_report_prints_the_report_path_last(tmp_path):
+    from typer.testing import CliRunner
+
+    from groklab.cli import app
+
+    rd = _fake_run(tmp_path)
+    res = CliRunner(env={"COLUMNS": "300"}).invoke(app, ["report", str(rd), "--no-static"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.strip().splitlines()
+    assert lines[-1] == f"report: {rd / 'report.html'}"
+    assert "not available: progress" in res.output and "groklab analyze" not in lines[-1]
+    assert (rd / "report.html").stat().st_size > 4_000_000  # plotly.js is inside
+    assert not (rd / "figures").exists()
+
+
+def test_cli_report_bad_input_is_one_line_exit_2(tmp_path):
+    from typer.testing import CliRunner
+
+    from groklab.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 2 and "not a run directory" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    rd = _fake_run(tmp_path)
+    res = runner.invoke(app, ["report", str(rd), "--formats", "png,gif"])
+    assert res.exit_code == 2 and "'gif' is not allowed" in res.output
+    assert not (rd / "report.html").exists()  # nothing written on bad input
+
+
+def test_static_export_failure_keeps_the_html(tmp_path, monkeypatch):
+    import plotly.io as pio
+
+    def no_browser(*args, **kwargs):
+        raise RuntimeError("Could not find Chrome")
+
+    monkeypatch.setattr(pio, "write_images", no_browser)
+    rd = _fake_run(tmp_path)
+    res = build_report(rd, static=True)
+    assert res["figures"] == [] and "install Chrome or Chromium" in res["static_error"]
+    assert (rd / "report.html").exists()

@@ -133,9 +133,7 @@ def _load_spikes(data: RunData) -> None:
         return
     rows = []
     m = data.metrics
-    for col in ("train/loss", "test/loss"):
-        if col not in m:
-            continue
+    for col in [c for c in m.columns if c.endswith("/loss")]:
         for s in sp.detect_spikes(m["step"].to_numpy(), m[col].to_numpy()):
             rows.append(
                 {
@@ -339,8 +337,14 @@ def _summary_section(d: RunData) -> Section:
         facts.append(("circuit formation", _span(ph.circuit_formation)))
         facts.append(("cleanup", _span(ph.cleanup) if ph.cleanup else "not reached"))
     if d.spikes is not None:
-        n = int((d.spikes["column"] == "train/loss").sum())
-        facts.append(("loss spikes (train)", n))
+        counts = d.spikes["column"].value_counts()
+        facts.append(
+            (
+                "loss spikes",
+                ", ".join(f"{counts.get(c, 0)} in {c}" for c in ("train/loss", "test/loss"))
+                + (f", {len(d.spikes)} in all loss curves" if len(counts) > 2 else ""),
+            )
+        )
     if d.llc is not None:
         try:
             from groklab.analysis.llc import landmarks
@@ -529,9 +533,13 @@ def _progress_section(d: RunData, analyze: str, max_points: int) -> Section:
             loss_columns=cols,
             weight_column="sumsq/total" if "sumsq/total" in d.progress else None,
             bands=_bands(d),
-            grokking_step=d.summary.get("grokking_step"),
+            grokking_step=(getattr(d.phases, "grokking_step_by_op", None) or {}).get(op)
+            if len(d.progress_ops) > 1
+            else d.summary.get("grokking_step"),
             max_points=max_points,
         )
+        if len(d.progress_ops) > 1:
+            _title_suffix(figs[name], op)
     cap = (
         "Restricted loss keeps only the key-frequency directions of the logits; excluded loss "
         "removes them (on training data). Bands: the training phases"
@@ -539,6 +547,10 @@ def _progress_section(d: RunData, analyze: str, max_points: int) -> Section:
     if d.phases is not None:
         cap += f" — rule: {d.phases.rule}"
     return Section("progress", title, figures=figs, caption=html.escape(cap + "."))
+
+
+def _title_suffix(fig: Any, text: str) -> None:
+    fig.update_layout(title_text=f"{fig.layout.title.text} — {text}")
 
 
 def _circuit_sections(d: RunData, analyze: str) -> list[Section]:
@@ -586,6 +598,12 @@ def _circuit_sections(d: RunData, analyze: str) -> list[Section]:
             coords[f"cos/sin of frequency {k}"] = xy
         if coords:
             out["embedding"][f"embedding{sfx}"] = F.embedding_pcs(coords, tokens=c.residues)
+        if sfx:  # several operations: say which one each figure shows
+            log = " (indexed by discrete log)" if op in ("mul", "div") else ""
+            for figs in out.values():
+                for name, fig in figs.items():
+                    if name.endswith(sfx):
+                        _title_suffix(fig, op + log)
     caps = {
         "fourier": "Norm of the embedding (and of the neuron-to-logit map) along each Fourier "
         "basis vector of the final checkpoint; a grokked network uses a few key frequencies "
@@ -942,7 +960,3 @@ def _plain(v: Any) -> Any:
 
 def _slug(s: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in s.lower()).strip("-")
-
-
-def data_counts(d: Mapping[str, Any]) -> dict[str, int]:  # pragma: no cover - debugging aid
-    return {k: len(v) for k, v in d.items()}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
-import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any
 from groklab.errors import GroklabError
 
 __all__ = [
+    "Markup",
     "ReportError",
     "Section",
     "StaticExportError",
@@ -33,6 +33,7 @@ __all__ = [
     "kv_table",
     "render_html",
     "sortable_table",
+    "subtitle_line",
     "write_report",
     "write_static",
 ]
@@ -438,8 +439,3 @@ def write_report(
 def subtitle_line(*parts: str | None) -> str:
     """Join non-empty parts with a middle dot (escaped)."""
     return " · ".join(html.escape(p) for p in parts if p)
-
-
-def jsonable(v: Any) -> Any:
-    """For embedding small Python values in HTML attributes/JSON."""
-    return json.loads(json.dumps(v, default=str))
