@@ -746,8 +746,15 @@ def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -
         groups,
         llc_curves,
         variables,
-        max(budgets) if budgets else None,
+        _budget(budgets, runs),
     )
+
+
+def _budget(config_steps: list[int], runs: pd.DataFrame) -> int | None:
+    """The longest training budget: configured steps, or the longest run if it went further."""
+    done = [int(v) for v in runs.get("final_step", pd.Series(dtype=float)).dropna()]
+    both = config_steps + done
+    return max(both) if both else None
 
 
 def _run_llc_total(run_dir: Path) -> pd.DataFrame | None:
