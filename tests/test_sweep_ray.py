@@ -34,8 +34,9 @@ def test_ray_backend_gives_the_local_summary(tmp_path: Path) -> None:
     local = sw.run_sweep(spec, tmp_path / "local", workers=1, progress=False, figures=False)
     assert local.n_failed == 0
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
+        # inside the try: a failed start still shuts down the processes it launched
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
         res = sw.run_sweep(
             spec, tmp_path / "ray", backend="ray", workers=2, progress=False, figures=False
         )
