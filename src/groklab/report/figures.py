@@ -811,6 +811,11 @@ def embedding_pcs(
     return fig
 
 
+def _mode(n: int) -> str:
+    # a marker per point is one SVG element each: only for curves short enough to read them
+    return "lines+markers" if n <= 150 else "lines"
+
+
 def _series(llc: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     if "series" in llc:
         return [(str(k), g.sort_values("step")) for k, g in llc.groupby("series", sort=False)]
@@ -859,7 +864,7 @@ def llc_curve(
             go.Scatter(
                 x=x,
                 y=_f32(m),
-                mode="lines+markers",
+                mode=_mode(len(x)),
                 name=f"LLC ({name})",
                 legendgroup=name,
                 marker={"size": 4},
@@ -930,7 +935,7 @@ def llc_diagnostics(llc: pd.DataFrame) -> go.Figure:
                 go.Scatter(
                     x=g["step"].to_numpy(float),
                     y=_f32(g[col].to_numpy(float)),
-                    mode="lines+markers",
+                    mode=_mode(len(g)),
                     name=name,
                     legendgroup=name,
                     showlegend=c == 1,
@@ -1218,7 +1223,7 @@ def llc_by_ratio(
             go.Scatter(
                 x=df["step"].to_numpy(float),
                 y=_f32(df[column].to_numpy(float)),
-                mode="lines+markers",
+                mode=_mode(len(df)),
                 name=f"{label} {r:g}",
                 marker={"size": 4},
                 line={"color": ratio_colour(r, lo=lo, hi=hi), "width": 2},
