@@ -145,3 +145,27 @@ def test_search_with_real_runs(tmp_path, make_config) -> None:
         assert (run / "metrics.parquet").exists()
         m = json.loads((run / "manifest.json").read_text())
         assert m["status"] == "completed" and m["n_train"] == p.size
+
+
+def test_seeds_of_one_size_train_as_one_stack(tmp_path, make_config) -> None:
+    from dataclasses import replace
+
+    from groklab.config import apply_overrides
+    from groklab.dcrit import stacked_run_many
+
+    base = make_config(train={"steps": 6, "eval_every": 3, "checkpoint_every": 3})
+    cfgs = [
+        replace(apply_overrides(base, [f"data.train_size={n}", f"train.seed={s}"]), name=f"r{n}{s}")
+        for n, s in ((20, 0), (30, 0), (20, 1))
+    ]
+    outs = [tmp_path / c.name for c in cfgs]
+    res = stacked_run_many(cfgs, outs, progress=False)
+    assert [Path(r["out"]).name for r in res] == ["r200", "r300", "r201"]
+    assert all(r["status"] == "completed" and r["error"] is None for r in res)
+    manifests = [json.loads((o / "manifest.json").read_text()) for o in outs]
+    # the two seeds of size 20 were one stack; size 30 alone ran as a plain run
+    assert manifests[0]["stack"]["size"] == 2 and manifests[2]["stack"]["index"] == 1
+    assert "stack" not in manifests[1]
+    assert [m["n_train"] for m in manifests] == [20, 30, 20]
+    again = stacked_run_many(cfgs, outs, progress=False)
+    assert [r["action"] for r in again] == ["skipped"] * 3

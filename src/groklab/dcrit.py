@@ -39,6 +39,7 @@ __all__ = [
     "init_weights",
     "parse_checkpoint_ref",
     "run_outcome",
+    "stacked_run_many",
     "ungrok_curve",
 ]
 
@@ -170,6 +171,90 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
     }
 
 
+def _shape_key(cfg: RunConfig) -> str:
+    """The config without the fields stacked runs may differ in (one key per stackable group)."""
+    from groklab.config import config_to_dict
+    from groklab.train.ensemble import VARYING_FIELDS
+
+    d = config_to_dict(cfg)
+    for key in VARYING_FIELDS:
+        section, _, leaf = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(leaf, None)
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def _is_fresh(out: Path) -> bool:
+    """No run has been started in ``out`` (missing, or empty but for a stale lock)."""
+    return not out.exists() or all(e.name == ".lock" for e in out.iterdir())
+
+
+def stacked_run_many(
+    configs: list[RunConfig],
+    outs: list[Path],
+    *,
+    workers: int = 1,
+    progress: bool = True,
+    title: str = "runs",
+) -> list[dict[str, Any]]:
+    """:func:`groklab.sweep.run_many`, but runs that differ only in their seeds train together.
+
+    Fresh runs whose configs differ only in :data:`groklab.train.ensemble.VARYING_FIELDS`
+    (seeds, subset seed, name) are trained as one stack with
+    :func:`~groklab.train.ensemble.train_many` in this process (one batched computation instead
+    of one run after another; the same models to float tolerance); finished runs are skipped
+    and partly trained ones resumed by ``run_many`` (``workers`` at a time), as are groups of one.
+
+    Returns:
+        One dict per run, in input order, as ``run_many``'s: ``out``, ``status``, ``error``,
+        ``action``.
+    """
+    import time
+
+    from groklab.store import read_manifest
+    from groklab.sweep import run_many
+    from groklab.train.ensemble import train_many
+
+    outs = [Path(o) for o in outs]
+    groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault(_shape_key(cfg), []).append(i)
+    results: list[dict[str, Any] | None] = [None] * len(configs)
+    rest: list[int] = []
+    for idx in groups.values():
+        fresh = [i for i in idx if _is_fresh(outs[i])]
+        if len(fresh) < 2:
+            rest.extend(idx)
+            continue
+        rest.extend(i for i in idx if i not in fresh)
+        t0 = time.perf_counter()
+        try:
+            train_many([configs[i] for i in fresh], [outs[i] for i in fresh], progress=progress)
+            error = None
+        except Exception as e:  # recorded like run_many's failures; the caller raises
+            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
+        seconds = (time.perf_counter() - t0) / len(fresh)
+        for i in fresh:
+            status = "failed" if error else read_manifest(outs[i]).get("status", "failed")
+            results[i] = {
+                "out": str(outs[i].resolve()),
+                "status": status,
+                "error": error,
+                "action": "started",
+                "seconds": seconds,
+            }
+    if rest:
+        done = run_many(
+            [configs[i] for i in rest],
+            [outs[i] for i in rest],
+            workers=workers,
+            progress=progress,
+            title=title,
+        )
+        for i, r in zip(rest, done, strict=True):
+            results[i] = r
+    return [r for r in results if r is not None]
+
+
 def _execute(
     configs: list[RunConfig],
     outs: list[Path],
@@ -182,7 +267,7 @@ def _execute(
     if not configs:
         return
     if run_many is None:
-        from groklab.sweep import run_many
+        run_many = stacked_run_many
     results = run_many(configs, outs, workers=workers, progress=progress, title=title)
     failed = [r for r in results if r.get("error")]
     if failed:
@@ -330,7 +415,8 @@ def find_dcrit(
         seed_key: the override that sets the seed.
         stop_early: stop generalising runs early.
         run_many: ``run_many(configs, outs, workers=..., progress=..., title=...)`` →
-            ``[{"out", "status", "error"}, ...]``; default :func:`groklab.sweep.run_many`.
+            ``[{"out", "status", "error"}, ...]``; default :func:`stacked_run_many` (the
+            seeds of one size trained as one stack).
         progress: live progress display of each round's runs.
         on_round: called with the result so far after every round.
 
@@ -434,7 +520,8 @@ def ungrok_curve(
     Each (size, seed) run trains on ``data.train_subset=size`` drawn with
     ``data.subset_seed=seed`` (nested subsets for one seed), from the checkpoint's weights, with
     the parent's config plus ``overrides`` (e.g. ``train.steps=5000``), into
-    ``out/n<size>-s<seed>``.
+    ``out/n<size>-s<seed>``. The seeds of one size train as one stack (``run_many``, default
+    :func:`stacked_run_many`).
 
     Returns:
         A pandas DataFrame, one row per run: ``size, seed, test_acc, train_acc, test_loss,
