@@ -222,6 +222,12 @@ def test_zoo_tasks_train_end_to_end(tmp_path, task: str, infinite: bool) -> None
     ]
     assert filled and set(filled) <= set(subset_cols)
     assert m[["train/loss", "test/loss", *filled]].notna().all().all()
+    if task == "repeat-subseq":  # `groklab show` adds the best induction head
+        from groklab.commands.zoo import _task_lines
+
+        lines = _task_lines(run)
+        assert len(lines) == 2 and lines[0].startswith("best induction score (")
+        assert "at step 6: 0." in lines[0] and "(layer " in lines[0]
 
 
 def test_subtask_learning_orders_subtasks_by_their_drops(tmp_path) -> None:
@@ -251,3 +257,9 @@ def test_subtask_learning_orders_subtasks_by_their_drops(tmp_path) -> None:
     assert np.allclose(mids, [2.5, 2.8, 3.1], atol=0.03)
     assert np.isnan(table["midpoint"].iloc[3])
     assert rho == pytest.approx(1.0)
+    from groklab.commands.zoo import _task_lines
+
+    assert _task_lines(load_run(tmp_path)) == [
+        "subtasks with a phase change: 3 of 4; Spearman(frequency rank, learning step) = "
+        "1.000 (positive: more frequent subtasks learned first)"
+    ]

@@ -48,6 +48,44 @@ def print_phase_changes(run: Any, console: Any) -> None:
             f"{r['plateau']:.3g} → {r['final']:.3g}" if found else "no phase change",
         )
     console.print(t)
+    for line in _task_lines(run):
+        console.print(line, highlight=False, markup=False)
+
+
+def _task_lines(run: Any) -> list[str]:
+    """Task-specific figures of the zoo tasks: induction heads of ``repeat-subseq`` at the last
+    checkpoint, the frequency/learning-step rank correlation of ``sparse-parity``."""
+    name = run.task.name
+    if name == "repeat-subseq" and run.checkpoint_steps:
+        from groklab.tasks.repeat_subseq import induction_scores
+
+        step = run.checkpoint_steps[-1]
+        s = induction_scores(run.model_at(step), run.task)
+        lines = []
+        for key, what in (
+            ("induction", "induction score (attention to the token after the previous occurrence)"),
+            ("prev_token", "previous-token score"),
+        ):
+            v = s[key]
+            i = int(v.argmax())
+            layer, head = divmod(i, v.shape[1])
+            lines.append(
+                f"best {what} at step {step:,}: {float(v.flatten()[i]):.3f} "
+                f"(layer {layer}, head {head})"
+            )
+        return lines
+    if name == "sparse-parity":
+        import numpy as np
+
+        from groklab.tasks.sparse_parity import subtask_learning
+
+        table, rho = subtask_learning(run)
+        learned = int(np.isfinite(table["midpoint"]).sum())
+        return [
+            f"subtasks with a phase change: {learned} of {len(table)}; Spearman(frequency rank, "
+            f"learning step) = {rho:.3f} (positive: more frequent subtasks learned first)"
+        ]
+    return []
 
 
 def register(app: typer.Typer) -> None:
