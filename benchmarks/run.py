@@ -384,7 +384,13 @@ def bench_grok(
 def bench_grokfast(
     cfg: RunConfig, device: torch.device, *, seeds: int, steps: int, tmp: Path
 ) -> dict[str, Any]:
-    """Steps to 99% test accuracy without and with the Grokfast-EMA filter, weight decay equal."""
+    """Steps to 99% test accuracy without and with the Grokfast-EMA filter, weight decay equal.
+
+    Each arm is one stack of ``seeds`` models (``train_many``); a model stops at the first
+    evaluation with test accuracy >= 99%. The runs are written under ``tmp`` (``gf-<arm>-<seed>``),
+    so a long comparison that is stopped early can still be read from its run directories.
+    The filtered arm runs first: it is the short one.
+    """
     cfg = replace(
         cfg,
         train=replace(
@@ -394,11 +400,13 @@ def bench_grokfast(
             stop_patience=0,
             device=str(device),
             eval_every=min(cfg.train.eval_every, 50),
+            # Fewer weight files; metrics are still written at every checkpoint.
+            checkpoint_every=max(cfg.train.checkpoint_every, 500),
         ),
     )
     arms = {
-        "none": cfg,
         "grokfast-ema": replace(cfg, optim=replace(cfg.optim, grokfast="ema")),
+        "none": cfg,
     }
     out: dict[str, Any] = {
         "config": cfg.name,
@@ -423,6 +431,7 @@ def bench_grokfast(
             "std": statistics.stdev(got) if len(got) > 1 else None,
             "reached": f"{len(got)}/{seeds}",
             "wall_s": c.wall,
+            "cpu_s": c.cpu,
         }
     a, b = out["arms"]["none"]["mean"], out["arms"]["grokfast-ema"]["mean"]
     out["speedup"] = a / b if a and b else None
@@ -456,6 +465,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--grokfast-preset", default="nanda2023", help="config of --grokfast")
     ap.add_argument("--grokfast-seeds", type=int, default=3)
     ap.add_argument("--grokfast-steps", type=int, default=20_000, help="step budget per run")
+    ap.add_argument(
+        "--grokfast-dir",
+        type=Path,
+        default=None,
+        help="keep the --grokfast runs in this folder (default: a temporary one)",
+    )
     ap.add_argument(
         "--only",
         choices=("step", "seeds", "grokfast"),
@@ -507,7 +522,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             _section_grok(result, canon, device, args.grok, args.grok_run, tmp)
         if do["grokfast"]:
             gf_cfg = groklab.get_preset(args.grokfast_preset)
-            _section_grokfast(result, gf_cfg, device, args, tmp)
+            gf_dir = args.grokfast_dir if args.grokfast_dir is not None else tmp / "gf"
+            _section_grokfast(result, gf_cfg, device, args, gf_dir)
     result["machine"]["load_avg_end"] = _load()
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -681,7 +697,7 @@ def _section_grokfast(
     result: dict[str, Any], gf_cfg: RunConfig, device: torch.device, args: Any, tmp: Path
 ) -> None:
     gf = bench_grokfast(
-        gf_cfg, device, seeds=args.grokfast_seeds, steps=args.grokfast_steps, tmp=tmp / "gf"
+        gf_cfg, device, seeds=args.grokfast_seeds, steps=args.grokfast_steps, tmp=tmp
     )
     result["grokfast"] = gf
     _table(
