@@ -55,6 +55,7 @@ def test_polynomial_known_answer(ks: tuple[int, ...], epsilon: float) -> None:
         batch_size=None,
     )
     res = estimate_llc(_poly_loss(k), torch.zeros(len(ks), dtype=torch.float64), n=1000, settings=s)
+    print(f"polynomial k={ks}: LLC {res.llc:.4f} ± {res.llc_std:.3f} vs {truth:.4f}")
     assert res.init_loss == 0.0
     assert res.nbeta == 100.0
     assert abs(res.llc - truth) < 0.1 * truth, (res.llc, truth)
@@ -68,6 +69,7 @@ def test_polynomial_with_localisation_and_n_over_log_n() -> None:
     k = torch.tensor([1, 2])
     s = LLCSettings(epsilon=2e-4, gamma=1.0, chains=128, draws=600, burnin=200, batch_size=None)
     res = estimate_llc(_poly_loss(k), torch.zeros(2, dtype=torch.float64), n=2000, settings=s)
+    print(f"polynomial k=(1, 2), gamma 1, nbeta n/log n: LLC {res.llc:.4f} vs 0.75")
     assert res.nbeta == pytest.approx(2000 / math.log(2000))
     assert abs(res.llc - 0.75) < 0.075, res.llc
 
@@ -98,9 +100,80 @@ def test_linear_regression_is_d_over_2(batch_size: int | None) -> None:
         epsilon=2e-4, gamma=0.0, chains=32, draws=400, burnin=100, batch_size=batch_size
     )
     res = estimate_llc(loss, params, n=n, settings=s)
+    print(f"linear regression, batch {batch_size}: LLC {res.llc:.4f} vs d/2 = {d / 2}")
     assert res.n_params == d
     assert abs(res.llc - d / 2) < 0.1 * d / 2, res.llc
     assert 0.8 < res.convergence_ratio < 1.25
+
+
+def _deep_linear(m: int, h1: int, h2: int, n_out: int, rank: int, *, n: int = 2000, seed: int = 0):
+    """A 3-layer linear network ``x -> W3 W2 W1 x`` at a true parameter of rank ``rank``:
+    ``W1`` [h1, m] of rank ``rank``, ``W2`` [h2, h1] and ``W3`` [n_out, h2] injective
+    (orthonormal columns). Squared error on Gaussian inputs, noiseless targets ``C x`` with
+    ``C = W3 W2 W1``, written through the input covariance (the same loss as the mean over
+    the ``n`` rows). The loss is batched over chains (``estimate_llc(..., batched=True)``)."""
+    g = torch.Generator().manual_seed(seed)
+
+    def orthonormal_columns(rows: int, cols: int) -> torch.Tensor:
+        q, _ = torch.linalg.qr(torch.randn(rows, cols, generator=g, dtype=torch.float64))
+        return q
+
+    u, s, vh = torch.linalg.svd(orthonormal_columns(m, h1).T, full_matrices=False)
+    s[rank:] = 0
+    params = {
+        "W1": (u * s) @ vh,
+        "W2": orthonormal_columns(h2, h1),
+        "W3": orthonormal_columns(n_out, h2),
+    }
+    c = params["W3"] @ params["W2"] @ params["W1"]
+    x = torch.randn(n, m, generator=g, dtype=torch.float64)
+    cov = x.T @ x / n
+
+    def loss(p: dict[str, torch.Tensor], rows: torch.Tensor | None) -> torch.Tensor:
+        # batched over chains: weights [chain, ...] -> losses [chain]
+        err = p["W3"] @ p["W2"] @ p["W1"] - c  # [chain, out, in]
+        return 0.5 * torch.einsum("coi,ij,coj->c", err, cov, err)
+
+    return loss, params, n
+
+
+@pytest.mark.parametrize("rank", [0, 1, 2])
+def test_deep_linear_network_of_known_rank(rank: int) -> None:
+    """A deep linear network at a true parameter of rank r has a known, singular LLC.
+
+    With ``W3 W2`` injective the product ``P = W3 W2`` [out, h1] is a submersion of the upper
+    layers, so locally the model is the 2-layer reduced-rank regression ``P W1`` with ``P``
+    injective and ``W1`` of rank r. Its zero set is a smooth manifold of codimension
+    ``h1 m - h1 r + out r`` and the loss is non-degenerate across it, so
+    ``lambda = (h1 m - h1 r + out r) / 2`` (Aoyagi & Watanabe 2005's formula for the case
+    ``m + h1 < out + r``) — far below ``d / 2``. The test checks this codimension as the rank
+    of the Jacobian of ``w -> W3 W2 W1`` at ``w*`` and then the estimate against it.
+    """
+    m, h1, h2, n_out = 4, 3, 4, 6
+    loss, params, n = _deep_linear(m, h1, h2, n_out, rank)
+    truth = (h1 * m - h1 * rank + n_out * rank) / 2
+    names = ("W1", "W2", "W3")
+    shapes = [params[k].shape for k in names]
+    sizes = [math.prod(sh) for sh in shapes]
+
+    def product(flat: torch.Tensor) -> torch.Tensor:
+        w1, w2, w3 = (t.view(sh) for t, sh in zip(flat.split(sizes), shapes, strict=True))
+        return (w3 @ w2 @ w1).reshape(-1)
+
+    w_star = torch.cat([params[k].reshape(-1) for k in names])
+    jac = torch.autograd.functional.jacobian(product, w_star)
+    assert torch.linalg.matrix_rank(jac).item() / 2 == truth
+    s = LLCSettings(
+        epsilon=3e-5, gamma=1.0, nbeta=1000.0, chains=64, draws=600, burnin=200, batch_size=None
+    )
+    res = estimate_llc(loss, params, n=n, settings=s, batched=True)
+    print(
+        f"deep linear network rank {rank} (d = {res.n_params}): LLC {res.llc:.3f} ± "
+        f"{res.llc_std:.3f} vs {truth}"
+    )
+    assert res.n_params == sum(sizes) == 48
+    assert abs(res.llc - truth) < 0.1 * truth, (res.llc, truth)
+    assert not res.diverged and res.warnings == ()
 
 
 # --------------------------------------------------------------------------- estimator
