@@ -281,3 +281,32 @@ def test_large_init_memorises_then_generalises_and_fixed_norm_removes_the_delay(
     fx = groklab.train(fixed, out=tmp_path / "fixed").metrics
     assert classify(fx).phase == "comprehension"
     assert delay_summary(fx)["test_gen"] <= 100  # no delay left
+
+
+def test_omnigrok_sweep_draws_its_study_figures(tmp_path: Path) -> None:
+    """A tiny omnigrok-phase sweep: `groklab sweep` finds the study's figure function."""
+    from groklab import sweep as sw
+    from groklab.studies import draw_study_figures
+
+    spec = sw.parse_spec(
+        {
+            "name": "og",
+            "study": "omnigrok-phase",
+            "base": _spec_base(),
+            "analyses": [f"groklab.analysis.omnigrok:{analyze_run.__name__}"],
+            "grid": {"model.init_scale": [1.0, 8.0], "data.train_size": [60]},
+        }
+    )
+    res = sw.run_sweep(spec, tmp_path / "og", progress=False, figures=False)
+    assert res.n_failed == 0
+    paths = draw_study_figures(tmp_path / "og")
+    assert sorted(p.name for p in paths) == ["curves.png", "phase_diagram.png"]
+    assert all(p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
+def _spec_base() -> dict[str, object]:
+    from groklab.config import config_to_dict
+
+    d = config_to_dict(_digits_config(train__steps=10, train__checkpoint_every=10))
+    d.pop("name", None)
+    return d

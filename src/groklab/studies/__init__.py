@@ -15,6 +15,8 @@ data-fraction      steps to grok and to test loss < 1 versus training fraction, 
                    paper's numbers; the bisection bracket
 weight-decay       steps to grok versus weight decay
 precision          train loss per run (float32 / float64) with the detected spikes marked
+omnigrok-phase     the phase diagram (init scale × training size) and the test curves of every
+                   init scale at the middle training size
 =================  =============================================================================
 """
 
@@ -369,11 +371,19 @@ def _precision(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> dic
     return {"loss_spikes": fig_precision(curves, spikes)} if curves else {}
 
 
+def _omnigrok_phase(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> dict[str, Any]:
+    # imported here: the omnigrok module pulls in its own plotting helpers
+    from groklab.analysis.omnigrok import study_figures
+
+    return study_figures(sweep_dir, runs, points)
+
+
 STUDY_FIGURES: dict[str, Callable[[Path, pd.DataFrame, pd.DataFrame], dict[str, Any]]] = {
     "multi-op-ratio": _multi_op,
     "data-fraction": _data_fraction,
     "weight-decay": _weight_decay,
     "precision": _precision,
+    "omnigrok-phase": _omnigrok_phase,
 }
 
 
