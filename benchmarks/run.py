@@ -240,7 +240,10 @@ def profile_step(cfg: RunConfig, device: torch.device, *, steps: int = 10) -> di
     for _ in range(3):
         step()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=acts) as prof:
+    with _Clock(device) as plain:
+        for _ in range(steps):
+            step()
+    with _Clock(device) as profiled, profile(activities=acts) as prof:
         for _ in range(steps):
             step()
         _sync(device)
@@ -271,6 +274,12 @@ def profile_step(cfg: RunConfig, device: torch.device, *, steps: int = 10) -> di
         groups[kind(name)] = groups.get(kind(name), 0.0) + ms
     return {
         "ms_per_step_profiled": total,
+        # Op times are wall clock: a thread descheduled inside an op (a loaded machine) counts
+        # that time against the op. Compare the profiled wall time with its CPU time per thread.
+        "ms_per_step_unprofiled_wall": plain.wall / steps * 1e3,
+        "ms_per_step_profiled_wall": profiled.wall / steps * 1e3,
+        "ms_per_step_profiled_cpu": profiled.cpu / steps * 1e3,
+        "threads": torch.get_num_threads(),
         "top_ops": [{"op": n, "ms": ms, "calls": c} for n, ms, c in ops[:15]],
         "groups": dict(sorted(groups.items(), key=lambda kv: -kv[1])),
     }
@@ -611,6 +620,18 @@ def _section_step(
     prof = profile_step(canon, device)
     result["profile"] = prof
     tot = prof["ms_per_step_profiled"]
+    busy = prof["ms_per_step_profiled_cpu"] / prof["threads"] / prof["ms_per_step_profiled_wall"]
+    print(
+        f"\nprofiled step: {prof['ms_per_step_profiled_wall']:.1f} ms wall "
+        f"({prof['ms_per_step_unprofiled_wall']:.1f} unprofiled), "
+        f"{prof['ms_per_step_profiled_cpu']:.1f} ms CPU on {prof['threads']} threads"
+        + (
+            "; op times are wall clock and the threads were busy only "
+            f"{100 * busy:.0f}% of it: a loaded machine inflates them"
+            if busy < 0.8
+            else ""
+        )
+    )
     _table(
         f"where groklab's canonical step goes (torch.profiler, {tot:.1f} ms/step of op time)",
         ["kind of work", "ms/step", "share"],
