@@ -91,18 +91,42 @@ def test_each_stacked_run_is_a_normal_run_directory(tmp_path) -> None:
         assert (run.path / "state.safetensors").exists()
 
 
-def test_models_stop_early_on_their_own(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"optim": {"grokfast": "ma", "grokfast_window": 3}},  # filter state leaves with them
+        {"train": {"batch_size": 64}, "optim": {"grokfast": "ema"}},  # minibatch schedule too
+    ],
+    ids=["plain", "ma", "minibatch-ema"],
+)
+def test_models_stop_early_on_their_own(tmp_path, monkeypatch, kw: dict) -> None:
     # Test accuracy of these seeds first reaches 0.2 at different steps (one never does).
-    kw = {"train": {"steps": 60, "stop_test_acc": 0.2}, "optim": {"lr": 3e-2}}
+    kw = {
+        "train": {"steps": 60, "stop_test_acc": 0.2, **kw.get("train", {})},
+        "optim": {"lr": 3e-2, **kw.get("optim", {})},
+    }
     cfgs = _configs(4, **kw)
     alone = [
         load_run(run_training(c, tmp_path / f"a{i}", progress=False)) for i, c in enumerate(cfgs)
     ]
+    sizes: list[int] = []  # models in the stack at each forward
+    real_logits = loop._Stack.logits
+
+    def spy(self, x, n_out):
+        sizes.append(self.k)
+        return real_logits(self, x, n_out)
+
+    monkeypatch.setattr(loop._Stack, "logits", spy)
     stacked = train_many(cfgs, [tmp_path / f"s{i}" for i in range(4)])
-    finals = {a.manifest["final_step"] for a in alone}
-    assert len(finals) >= 2, "the check needs models that stop at different steps"
+    finals = [a.manifest["final_step"] for a in alone]
+    assert len(set(finals)) >= 2, "the check needs models that stop at different steps"
     for a, s in zip(alone, stacked, strict=True):
         _assert_same_run(a, s)
+    # A model that stopped leaves the stack: it shrinks down to the models that run longest.
+    assert sizes[0] == 4
+    assert sizes == sorted(sizes, reverse=True)
+    assert sizes[-1] == finals.count(max(finals))
 
 
 def test_killed_stack_resumes_to_the_same_end(tmp_path, monkeypatch) -> None:

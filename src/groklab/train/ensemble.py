@@ -9,7 +9,9 @@ state, manifest — exactly as if it had been trained alone, so ``groklab show``
 :func:`groklab.load_run` and ``groklab train --resume`` work on each one.
 
 It is the trainer's own loop (``groklab.train.loop``): a single run is a stack of one, so a
-model trained in a stack equals the model trained alone to float tolerance.
+model trained in a stack equals the model trained alone to float tolerance. A model that stops
+early (``train.stop_test_acc``, divergence) leaves the stack at that step, and the others go on
+as a smaller stack, so early stopping saves as much compute as it does for runs trained alone.
 
 The configs may differ only in ``name``, ``train.seed`` (initialisation and minibatch
 order), ``data.split_seed``, ``data.subset_seed`` and ``train.init_from``: everything else

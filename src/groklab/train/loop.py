@@ -14,7 +14,8 @@ Order of work at step ``t`` (``t`` updates done so far):
    append one metrics row per model (train metrics come from this forward in full-batch mode);
 3. if ``t`` is a checkpoint step: save the weights, and the full training state (optimiser,
    filters) from which ``--resume`` continues at exactly this point;
-4. unless ``t`` is the last step: backward, gradient filters, optimiser update.
+4. unless ``t`` is the last step: backward, gradient filters, optimiser update; models that
+   finished at ``t`` (early stop, divergence) take no part in it and then leave the stack.
 
 Nothing else touches the host between evaluation steps: no ``.item()``, no per-step I/O, no
 per-parameter Python work (fused AdamW). So a resumed run replays the same arithmetic and
@@ -118,6 +119,16 @@ class _Stack:
     def weights(self) -> dict[str, torch.Tensor]:
         return dict(zip(self.names, self.params, strict=True))
 
+    def select(self, keep: torch.Tensor) -> _Stack:
+        """A new stack of the models ``keep`` (indices), as fresh leaf tensors."""
+        out = object.__new__(_Stack)
+        out.template, out.names, out.transformer = self.template, self.names, self.transformer
+        out.k = len(keep)
+        with torch.no_grad():
+            out.params = [p.index_select(0, keep).requires_grad_() for p in self.params]
+        out.buffers = [self.buffers[i] for i in keep.tolist()]
+        return out
+
     def logits(self, x: torch.Tensor, n_out: int) -> torch.Tensor:
         """Logits ``[K, batch, n_out, d_vocab_out]`` of inputs ``x [K, batch, ...]``."""
         if self.transformer:
@@ -177,6 +188,32 @@ def _stack_parts(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0].clone() if parts[0].dim() == 0 else torch.stack(parts)
 
 
+def _pick(v: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The models ``keep`` of a stacked state tensor (0-d tensors, e.g. step counts, are shared)."""
+    return v if v.dim() == 0 else v.index_select(0, keep)
+
+
+def _select_models(
+    keep: torch.Tensor, stack: _Stack, opt: torch.optim.Optimizer, filt: Any, config: RunConfig
+) -> tuple[_Stack, torch.optim.Optimizer, Any]:
+    """Stack, optimiser and gradient filter of the models ``keep`` only, states carried over."""
+    new = stack.select(keep)
+    sd = opt.state_dict()
+    new_opt = make_optimizer(new.params, config.optim)
+    new_opt.load_state_dict(
+        {
+            "state": {
+                i: {key: _pick(v, keep) if torch.is_tensor(v) else v for key, v in st.items()}
+                for i, st in sd["state"].items()
+            },
+            "param_groups": sd["param_groups"],
+        }
+    )
+    new_filt = make_grad_filter(new.params, config.optim, stacked=True)
+    new_filt.load_state({n: _pick(v, keep) for n, v in filt.state.items()})
+    return new, new_opt, new_filt
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -215,6 +252,21 @@ class _Data:
                 rows = [t.subsets[name].rows.to(device) for t in tasks]
             subsets[name] = (s.split, rows, s.position)
         return cls(stack("train_x"), stack("train_y"), stack("test_x"), stack("test_y"), subsets)
+
+    def select(self, keep: torch.Tensor) -> _Data:
+        """The data of the models ``keep`` (indices)."""
+        idx = keep.tolist()
+        subsets = {
+            name: (split, None if rows is None else [rows[i] for i in idx], pos)
+            for name, (split, rows, pos) in self.subsets.items()
+        }
+        return _Data(
+            *(
+                getattr(self, n).index_select(0, keep)
+                for n in ("train_x", "train_y", "test_x", "test_y")
+            ),
+            subsets,
+        )
 
 
 class _Batches:
@@ -728,7 +780,7 @@ def _train(
             if n_done != n_done_seen:
                 n_done_seen = n_done
                 active = torch.tensor([not m.done for m in members], device=device)
-            # Models that finished early stay in the stack; their loss no longer drives them.
+            # A model that finished at this step takes no part in its update ...
             loss = per_model.sum() if active is None else torch.where(active, per_model, 0).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -737,6 +789,17 @@ def _train(
             opt.step()
             for ctl in norm_ctls:
                 ctl.apply()
+            if active is not None and not norm_ctls:
+                # ... and then leaves the stack, so that it costs nothing after it stopped: the
+                # others go on as a smaller stack (weights, optimiser and filter state sliced).
+                # (optim.fixed_norm constrains views of the whole stack: that one stays whole.)
+                keep = torch.tensor([k for k, m in enumerate(members) if not m.done], device=device)
+                members = [members[k] for k in keep.tolist()]
+                stack, opt, filt = _select_models(keep, stack, opt, filt, config)
+                data = data.select(keep)
+                batches = _Batches([m.task for m in members], data, [m.config for m in members])
+                evaluate = _Evaluator(stack, data, task, config)
+                k_, n_done_seen, active = len(members), 0, None
     except BaseException as e:
         for m in members:
             if m.done:
