@@ -149,7 +149,5 @@ def train_many(
 
         configs = [load_config(Path(o) / "config.toml") for o in outs]
     check_stackable(configs)
-    paths = train_stack(
-        configs, outs, resume=resume, progress=progress, init_states=init_states
-    )
+    paths = train_stack(configs, outs, resume=resume, progress=progress, init_states=init_states)
     return [Run(p) for p in paths]
