@@ -16,6 +16,13 @@ reported too). devinterp is given groklab's full-data ``L(w*)`` as ``init_loss``
 averages a few minibatches, whose noise times nbeta shifts the estimate by several units), so
 the two printed estimates are comparable: they should agree within the chains' spread.
 
+The breakdown (once, after the rounds) times the model's forward + backward alone, with no
+sampler around it, for as many SGLD steps as one estimate takes: groklab's batched loss over
+all chains at once, and the module's own forward one chain at a time (the computation
+devinterp cannot avoid). ``devinterp / module fwd+bwd`` bounds the speedup that any sampler
+built on this model's forward can reach; ``groklab / batched fwd+bwd`` is groklab's sampler
+overhead (noise, updates, minibatches).
+
 Writes ``benchmarks/results/bench_llc.json`` (or ``--out``).
 """
 
@@ -94,6 +101,43 @@ def _devinterp_estimate(
     return {"llc": float(out["llc/mean"]), "llc_std": float(out["llc/std"])}
 
 
+def _model_only(run: Any, step: int, s: llc.LLCSettings, *, steps: int) -> dict[str, float]:
+    """Wall and CPU seconds of the model's forward + backward alone for ``steps`` SGLD steps
+    of ``s.chains`` chains (scaled to one estimate's ``burnin + draws`` steps)."""
+    rl = llc.run_loss(run, step)
+    params = rl.params
+    names = list(params)
+    c, m, n = s.chains, s.batch_size or rl.n, rl.n
+    gen = torch.Generator().manual_seed(s.seed)
+    stacked = {k: v.expand(c, *v.shape).clone() for k, v in params.items()}
+    model = run.model_at(step)
+    task = run.task
+    kind = run.config.train.loss
+    dtype = torch.float64 if run.config.train.loss_dtype == "float64" else torch.float32
+    total = s.burnin + s.draws
+
+    def batched() -> None:
+        for _ in range(steps):
+            rows = torch.rand(c, n, generator=gen).argsort(dim=1)[:, :m]
+            leaves = {k: v.detach().requires_grad_() for k, v in stacked.items()}
+            loss = rl.loss_fn(leaves, rows)
+            torch.autograd.grad(loss.sum(), [leaves[k] for k in names])
+
+    def module() -> None:
+        for _ in range(steps * c):
+            rows = torch.randperm(n, generator=gen)[:m]
+            model.zero_grad(set_to_none=True)
+            logits = model(task.train_x[rows], n_scored=task.n_scored)
+            token_losses(logits, task.train_y[rows], kind=kind, dtype=dtype).mean().backward()
+
+    out = {}
+    for name, fn in (("groklab_batched_fwd_bwd", batched), ("module_fwd_bwd", module)):
+        _, w, cpu = _timed(fn)
+        out[f"{name}_seconds"] = w * total / steps
+        out[f"{name}_cpu_seconds"] = cpu * total / steps
+    return out
+
+
 def _timed(fn: Any) -> tuple[Any, float, float]:
     c0, t0 = time.process_time(), time.perf_counter()
     out = fn()
@@ -112,6 +156,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=512)
     ap.add_argument("--epsilon", type=float, default=llc.LLCSettings().epsilon)
     ap.add_argument("--gamma", type=float, default=llc.LLCSettings().gamma)
+    ap.add_argument(
+        "--breakdown-steps",
+        type=int,
+        default=60,
+        help="SGLD steps timed for the model-only breakdown (0 = skip it)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench_llc.json")
     args = ap.parse_args()
     if args.threads:
@@ -177,6 +227,18 @@ def main() -> None:
             f"groklab {t_ours:.2f} s vs devinterp 1.3.2 {t_theirs:.2f} s per estimate: "
             f"{ratio:.2f}x faster (CPU time {cpu_ratio:.2f}x)"
         )
+        floor: dict[str, float] = {}
+        if args.breakdown_steps > 0:
+            floor = _model_only(run, step, s, steps=args.breakdown_steps)
+            mod, bat = floor["module_fwd_bwd_seconds"], floor["groklab_batched_fwd_bwd_seconds"]
+            floor["devinterp_over_module_fwd_bwd"] = t_theirs / mod
+            floor["groklab_over_batched_fwd_bwd"] = t_ours / bat
+            print(
+                f"model forward+backward alone for one estimate: module one chain at a time "
+                f"{mod:.2f} s, groklab batched {bat:.2f} s; devinterp spends "
+                f"{t_theirs / mod:.2f}x the module's fwd+bwd (the most any sampler on this "
+                f"forward can gain), groklab {t_ours / bat:.2f}x its batched fwd+bwd"
+            )
         result = {
             "benchmark": "llc-estimate",
             "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -196,6 +258,7 @@ def main() -> None:
             "devinterp_cpu_seconds": theirs_c,
             "speedup_wall_median": ratio,
             "speedup_cpu_median": cpu_ratio,
+            "breakdown": floor,
             "groklab_llc": {"llc": ours.llc, "llc_std": ours.llc_std} if ours else None,
             "devinterp_llc": theirs,
         }
