@@ -140,7 +140,11 @@ def _zoo(name: str) -> RunConfig:
     return RunConfig(
         name=name,
         data=DataConfig(
-            task="sparse-parity", n_tasks=20, n_bits=20, parity_k=3, zipf_alpha=1.5,
+            task="sparse-parity",
+            n_tasks=20,
+            n_bits=20,
+            parity_k=3,
+            zipf_alpha=1.5,
             test_size=4000,
         ),
         model=ModelConfig(arch="mlp", n_layers=2, d_mlp=100),
