@@ -350,10 +350,36 @@ def test_landmarks() -> None:
     steps = np.arange(0, 2000, 100)
     v = np.concatenate([np.linspace(10, 100, 5), np.linspace(95, 30, 8), np.full(7, 30.0)])
     v[-3] = 31  # within 10% of the drop
-    lm = llc.landmarks(pd.DataFrame({"step": steps, "llc": v}))
+    lm = llc.landmarks(pd.DataFrame({"step": steps, "llc": v}), scale="linear")
     assert lm["peak_step"] == 400 and lm["peak_llc"] == 100
     assert lm["final_llc"] == 30
     assert lm["level_step"] == 1200
+    assert lm["level_scale"] == "linear"
+    # With a negative estimate after the peak, auto falls back to the linear rule.
+    v_neg = v.copy()
+    v_neg[6] = -1.0
+    assert llc.landmarks(pd.DataFrame({"step": steps, "llc": v_neg}))["level_scale"] == "linear"
+    with pytest.raises(ConfigError, match="positive"):
+        llc.landmarks(pd.DataFrame({"step": steps, "llc": v_neg}), scale="log")
+
+
+def test_landmarks_log_scale_for_a_fall_over_orders_of_magnitude() -> None:
+    """A grokking-like fall 600 -> 0.25: 10% of the linear drop is reached while the curve is
+    still 200x its final level; the log rule waits until it is within a factor ~2.2."""
+    import pandas as pd
+
+    steps = np.arange(0, 2100, 100)
+    fall = "1 300 600 300 200 150 120 100 60 30 10 4 2 0.9 0.5 0.3 0.26 0.25 0.24 0.25 0.25"
+    v = np.array([float(x) for x in fall.split()])
+    df = pd.DataFrame({"step": steps, "llc": v})
+    lin = llc.landmarks(df, scale="linear")
+    log = llc.landmarks(df)
+    assert lin["level_step"] == 800  # 60 is within 10% of the drop (59.98) of 0.25
+    assert log["level_scale"] == "log"
+    # ln(600 / 0.25) = 7.78; 10% is a factor e^0.778 = 2.18: 0.5 (step 1400) is the first
+    # point below 0.25 * 2.18 = 0.545 after which every point stays below it.
+    assert log["level_step"] == 1400
+    assert log["peak_step"] == 200 and log["final_llc"] == 0.25
 
 
 def test_select_steps() -> None:

@@ -881,26 +881,47 @@ def _merge_into_cache(
         atomic_write_text(p_json, json.dumps(meta, indent=2, sort_keys=True))
 
 
-def landmarks(df: pd.DataFrame, *, tol: float = 0.1) -> dict[str, Any]:
+def landmarks(df: pd.DataFrame, *, tol: float = 0.1, scale: str = "auto") -> dict[str, Any]:
     """Peak and levelling-off of an LLC curve (rows with ``step`` and ``llc``).
 
     The peak is the step of the largest estimate. The final level is the median of the last
     10% of the steps (at least 3). The curve has levelled off at the first step after the
     peak from which every later estimate stays within ``tol`` of the drop (peak − final
     level) of the final level.
+
+    ``scale`` says where the drop is measured: ``"linear"`` in LLC units, ``"log"`` in
+    log(LLC), ``"auto"`` (default) log when the peak and every estimate after it are positive,
+    else linear. Through grokking the LLC falls by orders of magnitude (628 → 0.24 on the
+    canonical run), so 10% of the linear drop is still 250× the final level; on the log scale
+    the band is a factor of the same share of the whole fall (``tol`` 0.1 of a 2,600× fall is
+    a factor of 2.2). Returns the scale used as ``level_scale``.
     """
+    if scale not in ("auto", "log", "linear"):
+        raise ConfigError(f"landmarks: scale={scale!r} is not allowed; use auto, log or linear")
     d = df.dropna(subset=["llc"]).sort_values("step")
     if d.empty:
-        return {"peak_step": None, "peak_llc": None, "level_step": None, "final_llc": None}
+        return {
+            "peak_step": None,
+            "peak_llc": None,
+            "level_step": None,
+            "final_llc": None,
+            "level_scale": None,
+        }
     steps = d["step"].to_numpy()
-    v = d["llc"].to_numpy()
+    v = d["llc"].to_numpy(dtype=float)
     i_peak = int(np.argmax(v))
     k = max(3, len(v) // 10)
     final = float(np.median(v[-k:]))
-    drop = v[i_peak] - final
+    positive = bool((v[i_peak:] > 0).all()) and final > 0
+    if scale == "log" and not positive:
+        raise ConfigError("landmarks: scale='log' needs positive estimates from the peak on")
+    use_log = scale == "log" or (scale == "auto" and positive)
+    f = np.log if use_log else (lambda x: x)
+    fv, ffinal = f(np.where(v > 0, v, np.nan)) if use_log else v, f(final)
+    drop = fv[i_peak] - ffinal
     level_step = None
     if drop > 0:
-        within = np.abs(v - final) <= tol * drop
+        within = np.abs(fv - ffinal) <= tol * drop
         # first index after the peak from which all later points are within the band
         ok_from = len(v)
         for i in range(len(v) - 1, i_peak, -1):
@@ -914,6 +935,7 @@ def landmarks(df: pd.DataFrame, *, tol: float = 0.1) -> dict[str, Any]:
         "peak_llc": float(v[i_peak]),
         "level_step": level_step,
         "final_llc": final,
+        "level_scale": "log" if use_log else "linear",
     }
 
 

@@ -193,7 +193,8 @@ def run_cmd(
             lm = llc.landmarks(df)
             console.print(
                 f"{name}: peak LLC {_g(lm['peak_llc'])} at step {lm['peak_step']}; levelled off "
-                f"at step {lm['level_step']} (final level {_g(lm['final_llc'])})",
+                f"at step {lm['level_step']} (final level {_g(lm['final_llc'])}, "
+                f"{lm['level_scale']} scale)",
                 highlight=False,
             )
             n_warn = int((df["warnings"].fillna("") != "").sum()) if "warnings" in df else 0
