@@ -9,9 +9,20 @@ One estimate of the canonical model (nanda2023: 1-layer transformer, 226,816 par
 minibatch 512, the same epsilon, gamma and nbeta, the run's float64 log-softmax cross-entropy.
 devinterp runs as it is used in the published grokking workflows: ``estimate_learning_coeff_
 with_summary`` over a shuffled ``DataLoader`` with its default ``cores=1`` (chains one after
-another); groklab runs ``groklab.analysis.llc.estimate_llc_at`` (chains vectorised). The two
-are timed alternately (the order swaps every round) in this one process, so a change of
-machine load hits both sides; the ratio uses the median wall time of each side (CPU time is
+another); groklab runs ``groklab.analysis.llc.estimate_llc_at`` (chains vectorised).
+
+devinterp samples whatever module it is given, so it runs twice, on the same weights:
+
+- ``devinterp (published model)``: the module a researcher without groklab brings — the
+  published-style transformer of ``benchmarks/baseline.py`` (every position through the
+  attention, MLP and unembedding, as Nanda et al.'s and Sullivan's code do), loaded with the
+  checkpoint's weights (its last-position logits are checked against groklab's);
+- ``devinterp (groklab module)``: devinterp driving groklab's own ``Transformer``, whose
+  forward already computes only the scored position and the first attention from tables. This
+  isolates the sampler: the two then share one forward.
+
+The arms are timed in turn (the order rotates every round) in this one process, so a change
+of machine load hits every side; ratios use the median wall time of each side (CPU time is
 reported too). devinterp is given groklab's full-data ``L(w*)`` as ``init_loss`` (its default
 averages a few minibatches, whose noise times nbeta shifts the estimate by several units), so
 the two printed estimates are comparable: they should agree within the chains' spread.
@@ -60,13 +71,19 @@ def _canonical_run(tmp: Path) -> Any:
 
 
 def _devinterp_estimate(
-    run: Any, step: int, s: llc.LLCSettings, nbeta: float, init_loss: float
+    run: Any,
+    step: int,
+    s: llc.LLCSettings,
+    nbeta: float,
+    init_loss: float,
+    *,
+    published: bool = False,
 ) -> dict:
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
     from torch.utils.data import DataLoader, TensorDataset
 
-    model = run.model_at(step)
+    model = _published_model(run, step) if published else run.model_at(step)
     task = run.task
     kind = run.config.train.loss
     dtype = torch.float64 if run.config.train.loss_dtype == "float64" else torch.float32
@@ -79,7 +96,9 @@ def _devinterp_estimate(
 
     def evaluate(m: torch.nn.Module, batch: Any) -> torch.Tensor:
         x, y = batch
-        return token_losses(m(x, n_scored=task.n_scored), y, kind=kind, dtype=dtype).mean()
+        # The published model gives logits at every position; the loss is on the scored ones.
+        logits = m(x)[:, -task.n_scored :] if published else m(x, n_scored=task.n_scored)
+        return token_losses(logits, y, kind=kind, dtype=dtype).mean()
 
     with warnings.catch_warnings(), torch.random.fork_rng():
         warnings.simplefilter("ignore")
@@ -99,6 +118,52 @@ def _devinterp_estimate(
             verbose=False,
         )
     return {"llc": float(out["llc/mean"]), "llc_std": float(out["llc/std"])}
+
+
+def _published_model(run: Any, step: int) -> torch.nn.Module:
+    """The published-style transformer (benchmarks/baseline.py) with ``run``'s weights at
+    ``step``; its last-position logits equal groklab's model's (checked)."""
+    from baseline import BaselineTransformer
+
+    cfg, task = run.config.model, run.task
+    if cfg.n_layers != 1 or cfg.layernorm or cfg.attn_only or cfg.act != "relu":
+        raise SystemExit("the published-style arm needs the canonical 1-layer ReLU model")
+    ours = run.model_at(step)
+    w = {k: v.detach() for k, v in ours.named_parameters()}
+    pub = BaselineTransformer(
+        d_vocab=task.d_vocab,
+        d_vocab_out=task.d_vocab_out,
+        n_ctx=task.n_ctx,
+        d_model=cfg.d_model,
+        n_heads=cfg.n_heads,
+        d_head=cfg.d_head,
+        d_mlp=cfg.d_mlp,
+    )
+    a = "blocks.0.attn."
+    m = "blocks.0.mlp."
+    new = {
+        "W_E": w["embed.W_E"].T,
+        "W_pos": w["pos_embed.W_pos"],
+        "attn.W_Q": w[a + "W_Q"].transpose(1, 2),
+        "attn.W_K": w[a + "W_K"].transpose(1, 2),
+        "attn.W_V": w[a + "W_V"].transpose(1, 2),
+        "attn.W_O": w[a + "W_O"].reshape(-1, cfg.d_model).T,
+        "mlp.W_in": w[m + "W_in"].T,
+        "mlp.b_in": w[m + "b_in"],
+        "mlp.W_out": w[m + "W_out"].T,
+        "mlp.b_out": w[m + "b_out"],
+        "W_U": w["unembed.W_U"],
+    }
+    with torch.no_grad():
+        for name, p in pub.named_parameters():
+            p.copy_(new[name])
+        x = task.train_x[:256]
+        want = ours(x, n_scored=1)[:, -1]
+        got = pub(x)[:, -1]
+    if not torch.allclose(got, want, atol=1e-4, rtol=1e-4):
+        diff = float((got - want).abs().max())
+        raise SystemExit(f"published-style model disagrees with groklab's (max |diff| {diff})")
+    return pub
 
 
 def _model_only(run: Any, step: int, s: llc.LLCSettings, *, steps: int) -> dict[str, float]:
@@ -194,39 +259,44 @@ def main() -> None:
             f"(+{s.burnin} burn-in), minibatch {s.batch_size}, eps {s.epsilon:g}, "
             f"gamma {s.gamma:g}, nbeta {nbeta:.4g}; torch threads {torch.get_num_threads()}"
         )
-        ours_t, theirs_t, ours_c, theirs_c = [], [], [], []
-        ours = theirs = None
         init_loss = llc.run_loss(run, step).init_loss
+        arms: dict[str, Any] = {
+            "groklab": lambda: llc.estimate_llc_at(run, step, s),
+            "devinterp (groklab module)": lambda: _devinterp_estimate(
+                run, step, s, nbeta, init_loss
+            ),
+            "devinterp (published model)": lambda: _devinterp_estimate(
+                run, step, s, nbeta, init_loss, published=True
+            ),
+        }
+        names = list(arms)
+        wall: dict[str, list[float]] = {n: [] for n in names}
+        cpu: dict[str, list[float]] = {n: [] for n in names}
+        est: dict[str, dict[str, float]] = {}
         for r in range(args.rounds):
-
-            def mine() -> llc.LLCResult:
-                return llc.estimate_llc_at(run, step, s)
-
-            def theirs_fn() -> dict:
-                return _devinterp_estimate(run, step, s, nbeta, init_loss)
-
-            if r % 2 == 0:
-                ours, w, c = _timed(mine)
-                theirs, w2, c2 = _timed(theirs_fn)
-            else:
-                theirs, w2, c2 = _timed(theirs_fn)
-                ours, w, c = _timed(mine)
-            ours_t.append(w)
-            ours_c.append(c)
-            theirs_t.append(w2)
-            theirs_c.append(c2)
-            print(
-                f"round {r + 1}: groklab {w:.2f} s (LLC {ours.llc:.2f} ± {ours.llc_std:.2f}), "
-                f"devinterp {w2:.2f} s (LLC {theirs['llc']:.2f} ± {theirs['llc_std']:.2f})",
-                flush=True,
-            )
-        t_ours, t_theirs = statistics.median(ours_t), statistics.median(theirs_t)
-        ratio = t_theirs / t_ours
-        cpu_ratio = statistics.median(theirs_c) / statistics.median(ours_c)
+            order = names[r % len(names) :] + names[: r % len(names)]
+            parts = []
+            for name in order:
+                out, w, c = _timed(arms[name])
+                wall[name].append(w)
+                cpu[name].append(c)
+                if isinstance(out, llc.LLCResult):
+                    out = {"llc": out.llc, "llc_std": out.llc_std}
+                est[name] = out
+                parts.append(f"{name} {w:.2f} s (LLC {out['llc']:.2f} ± {out['llc_std']:.2f})")
+            print(f"round {r + 1}: " + "; ".join(parts), flush=True)
+        med = {n: statistics.median(wall[n]) for n in names}
+        med_cpu = {n: statistics.median(cpu[n]) for n in names}
+        t_ours = med["groklab"]
+        t_theirs = med["devinterp (groklab module)"]
+        ratios = {n: med[n] / t_ours for n in names[1:]}
+        cpu_ratios = {n: med_cpu[n] / med_cpu["groklab"] for n in names[1:]}
         print(
-            f"groklab {t_ours:.2f} s vs devinterp 1.3.2 {t_theirs:.2f} s per estimate: "
-            f"{ratio:.2f}x faster (CPU time {cpu_ratio:.2f}x)"
+            f"\none estimate, median of {args.rounds} rounds (wall s, CPU s, speedup of groklab):"
         )
+        for n in names:
+            extra = "" if n == "groklab" else f"  {ratios[n]:.2f}x (CPU {cpu_ratios[n]:.2f}x)"
+            print(f"  {n:<30} {med[n]:8.2f} {med_cpu[n]:8.2f}{extra}")
         floor: dict[str, float] = {}
         if args.breakdown_steps > 0:
             floor = _model_only(run, step, s, steps=args.breakdown_steps)
@@ -252,15 +322,12 @@ def main() -> None:
             "step": step,
             "settings": s.to_dict(),
             "nbeta": nbeta,
-            "groklab_seconds": ours_t,
-            "devinterp_seconds": theirs_t,
-            "groklab_cpu_seconds": ours_c,
-            "devinterp_cpu_seconds": theirs_c,
-            "speedup_wall_median": ratio,
-            "speedup_cpu_median": cpu_ratio,
+            "wall_seconds": wall,
+            "cpu_seconds": cpu,
+            "speedup_wall_median": ratios,
+            "speedup_cpu_median": cpu_ratios,
             "breakdown": floor,
-            "groklab_llc": {"llc": ours.llc, "llc_std": ours.llc_std} if ours else None,
-            "devinterp_llc": theirs,
+            "estimates": est,
         }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
