@@ -344,6 +344,16 @@ def test_nbeta_resolution() -> None:
     assert llc.resolve_nbeta(7.0, n=1000, batch_size=None) == 7.0
 
 
+def test_settings_key_is_the_same_for_int_and_float_numbers() -> None:
+    a = LLCSettings(epsilon=1e-4, gamma=1000, nbeta=500, max_loss=10)
+    b = LLCSettings(epsilon=1e-4, gamma=1000.0, nbeta=500.0, max_loss=10.0)
+    assert a.key() == b.key()
+    assert isinstance(a.gamma, float) and isinstance(a.nbeta, float)
+    assert LLCSettings(nbeta="n/log n").key() != a.key()
+    with pytest.raises(ConfigError, match=r"llc\.gamma"):
+        LLCSettings(gamma="lots")  # type: ignore[arg-type]
+
+
 def test_landmarks() -> None:
     import pandas as pd
 

@@ -131,6 +131,15 @@ class LLCSettings:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"llc.{name}={getattr(self, name)!r} is not allowed; {allowed}")
 
+        # Numbers as floats, so that gamma = 1000 (TOML) and 1000.0 (CLI) are the same settings
+        # and share one cache key.
+        for name in ("epsilon", "gamma", "nbeta", "max_loss"):
+            v = getattr(self, name)
+            if (v is None and name == "max_loss") or (isinstance(v, str) and name == "nbeta"):
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise bad(name, "use a number")
+            object.__setattr__(self, name, float(v))
         if not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise bad("epsilon", "use a positive step size such as 1e-4")
         if not (math.isfinite(self.gamma) and self.gamma >= 0):
