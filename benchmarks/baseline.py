@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["BaselineTrainer", "BaselineTransformer", "baseline_loss"]
+__all__ = ["BaselineTrainer", "BaselineTransformer", "baseline_loss", "load_groklab_weights"]
 
 
 class _Hook(nn.Module):
@@ -112,6 +112,30 @@ class BaselineTransformer(nn.Module):
         x = self.hook_mid(x + self.attn(x))
         x = self.hook_post(x + self.mlp(x))
         return x @ self.W_U  # logits at every position
+
+
+def load_groklab_weights(model: BaselineTransformer, weights: dict[str, torch.Tensor]) -> None:
+    """Copy a groklab ``Transformer``'s weights (TransformerLens names, as in
+    ``dict(groklab_model.named_parameters())``) into ``model`` in place, so both compute the
+    same function (the published layout stores most matrices transposed)."""
+    n_heads, _, d_head = weights["blocks.0.attn.W_Q"].shape
+    a, m = "blocks.0.attn.", "blocks.0.mlp."
+    new = {
+        "W_E": weights["embed.W_E"].T,
+        "W_pos": weights["pos_embed.W_pos"],
+        "attn.W_Q": weights[a + "W_Q"].transpose(1, 2),
+        "attn.W_K": weights[a + "W_K"].transpose(1, 2),
+        "attn.W_V": weights[a + "W_V"].transpose(1, 2),
+        "attn.W_O": weights[a + "W_O"].reshape(n_heads * d_head, -1).T,
+        "mlp.W_in": weights[m + "W_in"].T,
+        "mlp.b_in": weights[m + "b_in"],
+        "mlp.W_out": weights[m + "W_out"].T,
+        "mlp.b_out": weights[m + "b_out"],
+        "W_U": weights["unembed.W_U"],
+    }
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(new[name])
 
 
 def baseline_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -123,13 +123,12 @@ def _devinterp_estimate(
 def _published_model(run: Any, step: int) -> torch.nn.Module:
     """The published-style transformer (benchmarks/baseline.py) with ``run``'s weights at
     ``step``; its last-position logits equal groklab's model's (checked)."""
-    from baseline import BaselineTransformer
+    from baseline import BaselineTransformer, load_groklab_weights
 
     cfg, task = run.config.model, run.task
     if cfg.n_layers != 1 or cfg.layernorm or cfg.attn_only or cfg.act != "relu":
         raise SystemExit("the published-style arm needs the canonical 1-layer ReLU model")
     ours = run.model_at(step)
-    w = {k: v.detach() for k, v in ours.named_parameters()}
     pub = BaselineTransformer(
         d_vocab=task.d_vocab,
         d_vocab_out=task.d_vocab_out,
@@ -139,24 +138,8 @@ def _published_model(run: Any, step: int) -> torch.nn.Module:
         d_head=cfg.d_head,
         d_mlp=cfg.d_mlp,
     )
-    a = "blocks.0.attn."
-    m = "blocks.0.mlp."
-    new = {
-        "W_E": w["embed.W_E"].T,
-        "W_pos": w["pos_embed.W_pos"],
-        "attn.W_Q": w[a + "W_Q"].transpose(1, 2),
-        "attn.W_K": w[a + "W_K"].transpose(1, 2),
-        "attn.W_V": w[a + "W_V"].transpose(1, 2),
-        "attn.W_O": w[a + "W_O"].reshape(-1, cfg.d_model).T,
-        "mlp.W_in": w[m + "W_in"].T,
-        "mlp.b_in": w[m + "b_in"],
-        "mlp.W_out": w[m + "W_out"].T,
-        "mlp.b_out": w[m + "b_out"],
-        "W_U": w["unembed.W_U"],
-    }
+    load_groklab_weights(pub, {k: v.detach() for k, v in ours.named_parameters()})
     with torch.no_grad():
-        for name, p in pub.named_parameters():
-            p.copy_(new[name])
         x = task.train_x[:256]
         want = ours(x, n_scored=1)[:, -1]
         got = pub(x)[:, -1]

@@ -341,8 +341,8 @@ def _grokked_run(path: Path) -> tuple[int | None, str]:
 def bench_grok(
     cfg: RunConfig, device: torch.device, mode: str, step_res: dict[str, Any], tmp: Path, run: Path
 ) -> dict[str, Any]:
-    base_s, loop_s = step_res["seconds"]["base"], step_res["seconds"]["loop"]
     if mode == "estimate":
+        base_s, loop_s = step_res["seconds"]["base"], step_res["seconds"]["loop"]
         grok_step, source = _grokked_run(run)
         if grok_step is None:
             return {"mode": "estimate", "error": source}
@@ -365,12 +365,19 @@ def bench_grok(
     g_step = run_g.summary()["grokking_step"]
     res: dict[str, Any] = {
         "mode": "full",
-        "how": "both measured: groklab's trainer until test acc >= 99% at an evaluation; the "
-        "baseline loop until its per-step test accuracy >= 99%",
+        "how": "both measured from the same initial weights (groklab's step-0 checkpoint copied "
+        "into the baseline model): groklab's trainer until test acc >= 99% at an evaluation; "
+        "the baseline loop until its per-step test accuracy >= 99%",
+        "seed": cfg.train.seed,
         "grok_step": g_step,
         "groklab_s": c.wall,
+        "groklab_cpu_s": c.cpu,
     }
+    from baseline import load_groklab_weights
+
     base = _baseline(cfg, device, track_acc=True)
+    init = {k: v.detach().to(device) for k, v in run_g.model_at(0).named_parameters()}
+    load_groklab_weights(base.model, init)
     limit = 2 * (g_step or cfg.train.steps)
     with _Clock(device) as c:
         for _ in range(limit):
@@ -381,6 +388,7 @@ def bench_grok(
         {
             "baseline_grok_step": len(base.test_accs) if base.test_accs[-1] >= 0.99 else None,
             "baseline_s": c.wall,
+            "baseline_cpu_s": c.cpu,
         }
     )
     res["ratio"] = res["baseline_s"] / res["groklab_s"]
@@ -482,8 +490,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     ap.add_argument(
         "--only",
-        choices=("step", "seeds", "grokfast"),
-        help="run just this section (step = canonical step, ceiling and profile)",
+        choices=("step", "seeds", "grok", "grokfast"),
+        help="run just this section (step = canonical step, ceiling and profile; grok = --grok "
+        "full alone)",
+    )
+    ap.add_argument(
+        "--grok-seed",
+        type=int,
+        default=None,
+        help="train.seed of --grok full (default the preset's; seed 2 groks at ~4,400 steps)",
     )
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = ap.parse_args(argv)
@@ -518,7 +533,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     do = {
         "step": args.only in (None, "step"),
         "seeds": args.only in (None, "seeds"),
-        "grok": args.only is None and args.grok is not None,
+        "grok": (args.only is None and args.grok is not None) or args.only == "grok",
         "grokfast": args.only == "grokfast" or (args.only is None and args.grokfast),
     }
     with tempfile.TemporaryDirectory(prefix="groklab-bench-") as tmpdir:
@@ -528,7 +543,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if do["seeds"]:
             _section_seeds(result, smoke, canon, device, q, args.seeds_k, tmp)
         if do["grok"]:
-            _section_grok(result, canon, device, args.grok, args.grok_run, tmp)
+            grok_cfg = canon
+            if args.grok_seed is not None:
+                grok_cfg = replace(canon, train=replace(canon.train, seed=args.grok_seed))
+            mode = "full" if args.only == "grok" else args.grok
+            _section_grok(result, grok_cfg, device, mode, args.grok_run, tmp)
         if do["grokfast"]:
             gf_cfg = groklab.get_preset(args.grokfast_preset)
             gf_dir = args.grokfast_dir if args.grokfast_dir is not None else tmp / "gf"
@@ -693,7 +712,7 @@ def _section_seeds(
 def _section_grok(
     result: dict[str, Any], canon: RunConfig, device: torch.device, mode: str, run: Path, tmp: Path
 ) -> None:
-    step = result["canonical_step"]
+    step = result.get("canonical_step", {})
     g = bench_grok(canon, device, mode, step, tmp / "grok", run)
     result["time_to_grok"] = g
     if "error" in g:
