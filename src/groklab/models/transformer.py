@@ -395,6 +395,23 @@ def _group_size(
     return max(1, min(k_, _CPU_GROUP_BYTES // max(per_model, 1)))
 
 
+def _tables_pay(cfg: ModelConfig, b: int, d_vocab: int, n_pos: int, n_query: int) -> bool:
+    """Whether block 0's attention from (token, position) tables is cheaper than per row.
+
+    The tables replace each row's q/k/v projections, but each query then sums ``n_pos · h``
+    looked-up ``d_model``-wide rows (and the lookups' backward scatters them). That pays when
+    the batch is larger than the table and the lookups cost well under the projections they
+    replace: short inputs such as ``a b =`` (bag 13 rows vs 147k multiply-adds per example on
+    the canonical model), not 84-token sequences queried at every position (repeat-subseq's
+    first block: the lookups cost as much as the direct attention, and their backward ~30×
+    more in time).
+    """
+    h, e, d = cfg.n_heads, cfg.d_head, cfg.d_model
+    direct = n_pos * d * 3 * h * e + 2 * n_query * n_pos * h * e + n_query * h * e * d
+    lookups = n_query * (n_pos * h + 1) * d
+    return b > 2 * d_vocab and 4 * lookups <= direct
+
+
 def _stacked(
     cfg: ModelConfig, weights: dict[str, torch.Tensor], tokens: torch.Tensor, *, n_out: int
 ) -> torch.Tensor:
@@ -403,7 +420,7 @@ def _stacked(
     d_vocab, d = weights["embed.W_E"].shape[1:]
     last = cfg.n_layers - 1
     n_query = n_out if last == 0 else n_pos
-    if b > 2 * d_vocab:
+    if _tables_pay(cfg, b, d_vocab, n_pos, n_query):
         # Larger batch than table: first attention from (token, position) tables.
         resid = _block0_table(cfg, weights, tokens, n_query)
         if not cfg.attn_only:
