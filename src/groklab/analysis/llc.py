@@ -925,8 +925,10 @@ def landmarks(df: pd.DataFrame, *, tol: float = 0.1, scale: str = "auto") -> dic
     if scale == "log" and not positive:
         raise ConfigError("landmarks: scale='log' needs positive estimates from the peak on")
     use_log = scale == "log" or (scale == "auto" and positive)
-    f = np.log if use_log else (lambda x: x)
-    fv, ffinal = f(np.where(v > 0, v, np.nan)) if use_log else v, f(final)
+    if use_log:  # estimates before the peak may be <= 0; they are never in the band
+        fv, ffinal = np.log(np.where(v > 0, v, np.nan)), math.log(final)
+    else:
+        fv, ffinal = v, final
     drop = fv[i_peak] - ffinal
     level_step = None
     if drop > 0:
