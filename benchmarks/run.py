@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 import groklab  # noqa: E402
-from baseline import BaselineTrainer  # noqa: E402
+from baseline import BaselineTrainer, load_groklab_weights  # noqa: E402
 from groklab.config import RunConfig  # noqa: E402
 from groklab.models import build_model  # noqa: E402
 from groklab.run import load_run  # noqa: E402
@@ -373,8 +373,6 @@ def bench_grok(
         "groklab_s": c.wall,
         "groklab_cpu_s": c.cpu,
     }
-    from baseline import load_groklab_weights
-
     base = _baseline(cfg, device, track_acc=True)
     init = {k: v.detach().to(device) for k, v in run_g.model_at(0).named_parameters()}
     load_groklab_weights(base.model, init)
