@@ -770,10 +770,40 @@ def _already_done(
     return res
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, parent_pid: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+    _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, *, poll_s: float = 1.0) -> None:
+    """Start a daemon thread that ends this worker as soon as the sweep that started it is gone.
+
+    A sweep killed with SIGKILL cannot shut its pool down, and a worker blocked on the task
+    queue never sees EOF (it holds both ends of that pipe itself), so without this it would
+    sleep forever holding its memory, the resource tracker and its run's lock. The parent
+    holds the write end of the spawn pipe until the end (``parent_process().sentinel`` turns
+    readable when it dies); the reparenting check (``os.getppid()``) covers starts without
+    that sentinel. ``os._exit`` skips cleanup on purpose: run files are written atomically
+    and a killed run resumes from its last state.
+    """
+    import multiprocessing.connection as mpc
+
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+
+    def watch() -> None:
+        while True:
+            if sentinel is not None:
+                gone = bool(mpc.wait([sentinel], timeout=poll_s))
+            else:  # pragma: no cover - every spawn start has the sentinel
+                time.sleep(poll_s)
+                gone = False
+            if gone or os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="groklab-exit-with-parent", daemon=True).start()
 
 
 # ----------------------------------------------------------------------------- display
@@ -932,7 +962,7 @@ def _run_local(
             max_workers=min(workers, len(todo)),
             mp_context=ctx,
             initializer=_init_worker,
-            initargs=(threads,),
+            initargs=(threads, os.getpid()),
         ) as pool:
             futs = {pool.submit(_run_one, *jobs[i], analyses, options, threads): i for i in todo}
             for fut in as_completed(futs):
