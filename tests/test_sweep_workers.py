@@ -67,7 +67,7 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path: Path) -> None:
     spec.write_text(SPEC)
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "groklab.cli", "sweep", str(spec), "--out", str(out)]
-    cmd += ["-w", "2", "-q", "--no-figures"]
+    cmd += ["-w", "2", "--threads", "2", "-q", "--no-figures"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # its own session, so that whatever is left can be cleaned up below if the test fails
     proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=subprocess.DEVNULL)
@@ -81,6 +81,9 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path: Path) -> None:
             time.sleep(0.05)
         else:
             pytest.fail("the two runs never started")
+        assert all(
+            read_manifest(d)["torch_threads"] == 2 for d in run_dirs
+        )  # --threads reached them
         children = _children(proc.pid)
         workers = [p for p, c in children.items() if "multiprocessing" in c]
         assert len(workers) >= 2, children  # two workers (and the resource tracker)

@@ -119,13 +119,26 @@ def train(
         Optional[str],
         typer.Option("--split-seeds", help="with --seeds: data.split_seed of each run, e.g. 0-7"),
     ] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threads",
+            min=1,
+            help="CPU threads for torch (default: all cores but one, or OMP_NUM_THREADS; "
+            "more threads than free cores slows training many times over)",
+        ),
+    ] = None,
 ) -> None:
     """Train a model (a preset, a config file, or defaults = the nanda2023 run)."""
+    import torch
+
     from groklab.config import apply_overrides, load_config
     from groklab.presets import get_preset
     from groklab.run import load_run
     from groklab.train.loop import run_training
+    from groklab.train.threads import default_threads
 
+    torch.set_num_threads(threads or default_threads())
     try:
         if resume is not None:
             if preset or config or set_ or out or from_checkpoint:

@@ -945,13 +945,18 @@ def _run_local(
     options: dict[str, dict[str, Any]],
     workers: int,
     on_done: Callable[[int, dict], None],
+    threads: int | None = None,
 ) -> None:
     if workers <= 1:
-        # In this process: no start-up cost, and the caller's torch thread setting is kept.
+        # In this process: no start-up cost; the caller's torch threads unless told.
         for i, (cfg, out) in enumerate(jobs):
-            on_done(i, _run_one(cfg, out, analyses, options, None))
+            on_done(i, _run_one(cfg, out, analyses, options, threads))
         return
-    threads = max(1, _cores() // workers)
+    if threads is None:
+        from groklab.train.threads import default_threads
+
+        # the cores the thread policy would give one run, shared out (one core left free)
+        threads = max(1, default_threads() // workers)
     ctx = multiprocessing.get_context("spawn")
     todo = list(range(len(jobs)))
     # A worker killed from outside (OOM killer) breaks the whole pool; the jobs it took down
@@ -1042,6 +1047,7 @@ def run_many(
     analysis_options: dict[str, dict[str, Any]] | None = None,
     labels: Sequence[str] | None = None,
     title: str = "sweep",
+    threads: int | None = None,
 ) -> list[dict]:
     """Train each config into its run directory, ``workers`` at a time.
 
@@ -1052,9 +1058,8 @@ def run_many(
     Args:
         configs: one config per run.
         outs: one run directory per config.
-        workers: local backend: worker processes (1 = in this process; each worker gets
-            ``cores // workers`` torch threads). Ray backend: the most runs in flight at once
-            (0 = as many as the cluster schedules, one CPU each).
+        workers: local backend: worker processes (1 = in this process). Ray backend: the most
+            runs in flight at once (0 = as many as the cluster schedules, one CPU each).
         backend: ``local`` or ``ray``.
         address: Ray cluster address (``auto``, ``ray://host:10001``); None = the running
             Ray instance, or a new local one.
@@ -1063,6 +1068,9 @@ def run_many(
         analysis_options: keyword options per analysis name.
         labels: display names of the runs (default: the directory names).
         title: display title.
+        threads: local backend: torch threads of each run (None: in this process, the
+            caller's setting; in workers, ``default_threads() // workers``, at least 1 — see
+            :mod:`groklab.train.threads`).
 
     Returns:
         One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
@@ -1107,7 +1115,7 @@ def run_many(
 
             sub = [jobs[i] for i in todo]
             if backend == "local":
-                _run_local(sub, analyses, options, workers, on_todo_done)
+                _run_local(sub, analyses, options, workers, on_todo_done, threads)
             else:
                 _run_ray(sub, analyses, options, workers, address, on_todo_done)
     finally:
@@ -1450,6 +1458,7 @@ def bisect_sweep(
     address: str | None = None,
     progress: bool = True,
     console: Any = None,
+    threads: int | None = None,
 ) -> tuple[dict[str, Any], list[SweepRun]]:
     """Search ``spec.bisect.key`` for the critical value between memorising and generalising.
 
@@ -1498,6 +1507,7 @@ def bisect_sweep(
             progress=progress,
             analyses=spec.analyses,
             analysis_options=spec.analysis_options,
+            threads=threads,
             title=f"bisect {b.key} ∈ {values}",
         )
         verdict = {}
@@ -1594,6 +1604,7 @@ def run_sweep(
     only: Sequence[str] = (),
     figures: bool = True,
     console: Any = None,
+    threads: int | None = None,
 ) -> SweepResult:
     """Run every point of ``spec`` into ``sweep_dir``, then the bisection (if any), the
     summary tables and the study figures (if matplotlib is installed).
@@ -1601,7 +1612,7 @@ def run_sweep(
     Args:
         spec: the parsed spec.
         sweep_dir: the sweep directory (one run directory per point inside).
-        workers, backend, address, progress: see :func:`run_many`.
+        workers, backend, address, progress, threads: see :func:`run_many`.
         only: glob patterns on run names; when given, only matching runs are trained.
         figures: draw the study's figures at the end.
         console: a rich Console for messages (None = quiet).
@@ -1629,6 +1640,7 @@ def run_sweep(
         progress=progress,
         analyses=spec.analyses,
         analysis_options=spec.analysis_options,
+        threads=threads,
         labels=[r.name for r in runs],
         title=spec.name,
     )
@@ -1643,6 +1655,7 @@ def run_sweep(
             address=address,
             progress=progress,
             console=console,
+            threads=threads,
         )
         _write_sweep_file(sweep_dir, spec, _merge_runs(runs, brs))
     runs_df, points = summarize_sweep(sweep_dir)

@@ -125,6 +125,15 @@ def register(app: typer.Typer) -> None:
         ] = False,
         no_figures: Annotated[bool, typer.Option("--no-figures", help="skip figures")] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress display")] = False,
+        threads: Annotated[
+            int | None,
+            typer.Option(
+                "--threads",
+                min=1,
+                help="local: CPU threads of each run (default: all cores but one, shared "
+                "out among the workers; OMP_NUM_THREADS if set)",
+            ),
+        ] = None,
     ) -> None:
         """Train every run of SPEC, skipping completed runs and resuming killed ones.
 
@@ -162,6 +171,10 @@ def register(app: typer.Typer) -> None:
                 console.print(f"{len(runs)} runs", highlight=False)
                 return
             n_workers = workers if workers is not None else (_cores() if backend == "local" else 0)
+            if backend == "local" and n_workers <= 1 and threads is None:
+                from groklab.train.threads import default_threads
+
+                threads = default_threads()  # runs in this process: the train command's policy
             res = run_sweep(
                 sp,
                 sweep_dir,
@@ -172,6 +185,7 @@ def register(app: typer.Typer) -> None:
                 only=only or (),
                 figures=not no_figures,
                 console=console,
+                threads=threads,
             )
         except GroklabError as e:
             _fail(str(e))
