@@ -49,13 +49,18 @@ def test_fast_path_equals_hooked_path(shape: str, variant: dict) -> None:
     fast = model(tokens, n_scored=n_out)
     slow = _hooked(model, tokens, n_out)
     assert fast.shape == slow.shape == (b, n_out, v)
-    assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+    # The two paths sum in different orders, and another CPU's kernels order them otherwise
+    # again. Each path's float32 rounding (its distance from the same model in float64),
+    # added up over both paths, is at most 0.31x a 1e-5 tolerance on the logits and 0.13x
+    # the gradients' old one here (every shape and variant, 2026-12-03): the tolerances
+    # below are >= 10x that.
+    assert_close(fast, slow, rtol=5e-5, atol=5e-5)
     params = list(model.parameters())
     g_fast = torch.autograd.grad(fast.square().sum(), params)
     g_slow = torch.autograd.grad(_hooked(model, tokens, n_out).square().sum(), params)
     for a, c in zip(g_fast, g_slow, strict=True):
         # gradients of a sum of squared logits reach ~1e3: compare relative to the tensor
-        assert_close(a, c, rtol=1e-4, atol=1e-5 * float(c.abs().max()))
+        assert_close(a, c, rtol=2e-4, atol=2e-5 * float(c.abs().max()))
 
 
 def test_routes_are_the_ones_named(monkeypatch) -> None:
@@ -90,10 +95,13 @@ def test_stack_of_models_equals_each_model() -> None:
     gen = torch.Generator().manual_seed(0)
     tokens = torch.randint(0, 11, (3, 200, 3), generator=gen)  # each model its own batch
     stacked = stacked_forward(cfg, w, tokens, n_out=1)
+    # Bit-identical on some CPUs; the batched kernels may sum in another order on others.
+    # The float32 rounding of the two (distance from float64, added up) reaches 1.07x a 1e-6
+    # tolerance here, so 2e-5 leaves ~19x.
     for k, m in enumerate(models):
-        assert_close(stacked[k], m(tokens[k], n_scored=1), rtol=1e-6, atol=1e-6)
+        assert_close(stacked[k], m(tokens[k], n_scored=1), rtol=2e-5, atol=2e-5)
     shared = stacked_forward(cfg, w, tokens[0], n_out=1)  # one batch for all models
-    assert_close(shared[2], models[2](tokens[0], n_scored=1), rtol=1e-6, atol=1e-6)
+    assert_close(shared[2], models[2](tokens[0], n_scored=1), rtol=2e-5, atol=2e-5)
 
 
 def test_resumed_run_is_bit_identical(tmp_path, monkeypatch) -> None:

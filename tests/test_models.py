@@ -158,10 +158,13 @@ def test_scored_positions_equal_full_forward(variant: dict, data: DataConfig) ->
         assert scored.shape == (len(tokens), 1, task.d_vocab_out)
         assert torch.equal(scored, full[:, -1:])
         # The hook-free path, on a batch large enough for its lookup tables and on a small one.
+        # The two paths sum in different orders (and other CPUs differently again): their
+        # float32 rounding (distance from float64, added up) is at most 0.26x a 1e-5
+        # tolerance over these variants (2026-12-03), so 5e-5 leaves ~20x.
         for batch in (tokens, tokens[:5], tokens.repeat(3, 1)):
             ref = model._forward_hooked(batch, 1)
-            assert_close(model(batch, n_scored=1), ref, rtol=1e-5, atol=1e-5)
-            assert_close(model(batch), model._forward_hooked(batch, None), rtol=1e-5, atol=1e-5)
+            assert_close(model(batch, n_scored=1), ref, rtol=5e-5, atol=5e-5)
+            assert_close(model(batch), model._forward_hooked(batch, None), rtol=5e-5, atol=5e-5)
         # run_with_cache (hooks active) returns the hooked logits.
         logits, _ = model.run_with_cache(tokens, names=["hook_embed"], n_scored=1)
         assert torch.equal(logits, scored)
