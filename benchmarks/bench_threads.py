@@ -3,9 +3,11 @@ busy process. One command, every ratio measured side by side in one run:
 
     PYTHONPATH=src python3 benchmarks/bench_threads.py            # a few minutes, idle machine
     PYTHONPATH=src python3 benchmarks/bench_threads.py --quick    # smoke check (seconds)
+    PYTHONPATH=src python3 benchmarks/bench_threads.py --baseline # + the paper-style step
 
 The step is groklab's bare training step on the nanda2023 preset's model and full batch
-(forward, backward, AdamW; ``_GroklabStep`` of ``benchmarks/run.py``). For each round it times
+(forward, backward, AdamW; ``_GroklabStep`` of ``benchmarks/run.py``); with ``--baseline``
+also the plain loop written the way the published code is (``benchmarks/baseline.py``). For each round it times
 ``--steps`` steps in every condition — threads ∈ {1, ``--threads`` (default: usable cores)},
 with and without a competitor — in a rotated order, so that a change of machine load hits
 every condition alike. The competitor is one single-threaded CPU burner (a Python busy loop
@@ -31,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -42,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 import groklab  # noqa: E402
 from groklab.train.threads import usable_cores  # noqa: E402
-from run import _GroklabStep  # noqa: E402
+from run import _baseline, _GroklabStep  # noqa: E402
 
 RESULTS = ROOT / "results"
 BURNER = "while True:\n    pass\n"  # one thread, pure CPU, no memory traffic to speak of
@@ -87,7 +90,7 @@ class _Burner:
         self.proc.wait()
 
 
-def _time_steps(step: _GroklabStep, n: int) -> float:
+def _time_steps(step: Callable[[], None], n: int) -> float:
     t0 = time.perf_counter()
     for _ in range(n):
         step()
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         default=None,
         help="the many-thread side (default: usable cores, torch's usual default)",
     )
+    ap.add_argument("--baseline", action="store_true", help="also time the paper-style step")
     ap.add_argument("--out", type=Path, default=RESULTS, help="folder for the JSON results")
     args = ap.parse_args(argv)
     rounds, steps = (2, 2) if args.quick else (args.rounds, args.steps)
@@ -113,7 +117,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cfg = groklab.get_preset("nanda2023")
     step = _GroklabStep(cfg, torch.device("cpu"))
-    conditions = [(t, busy) for busy in (False, True) for t in counts]
+    subjects: dict[str, Callable[[], None]] = {"groklab": step}
+    if args.baseline:
+        subjects["baseline"] = _baseline(cfg, torch.device("cpu")).step
+    conditions = [(sub, t, busy) for sub in subjects for busy in (False, True) for t in counts]
     machine = {
         "processor": platform.processor() or platform.machine(),
         "usable_cores": usable_cores(),
@@ -129,24 +136,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     for t in counts:  # warm up each thread count (pool start, allocator, caches)
         torch.set_num_threads(t)
-        _time_steps(step, 2)
+        for fn in subjects.values():
+            _time_steps(fn, 2)
 
-    samples: dict[str, list[float]] = {f"{t}t-{'busy' if b else 'idle'}": [] for t, b in conditions}
+    def name(sub: str, t: int, busy: bool) -> str:
+        return f"{sub}/{t}t-{'busy' if busy else 'idle'}"
+
+    samples: dict[str, list[float]] = {name(*c): [] for c in conditions}
     share: dict[str, list[float]] = {k: [] for k in samples}
     loads: list[float] = []
     for r in range(rounds):
         rot = conditions[r % len(conditions) :] + conditions[: r % len(conditions)]
-        for t, busy in rot:
-            key = f"{t}t-{'busy' if busy else 'idle'}"
+        for sub, t, busy in rot:
+            key = name(sub, t, busy)
             torch.set_num_threads(t)
+            fn = subjects[sub]
             if busy:
                 with _Burner():
                     a = _cpu_times()
-                    samples[key].append(_time_steps(step, steps))
+                    samples[key].append(_time_steps(fn, steps))
                     b = _cpu_times()
             else:
                 a = _cpu_times()
-                samples[key].append(_time_steps(step, steps))
+                samples[key].append(_time_steps(fn, steps))
                 b = _cpu_times()
             share[key].append(_busy_share(a, b))
         loads.append(_load())
@@ -154,22 +166,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     med = {k: statistics.median(v) for k, v in samples.items()}
     ratios = {}
-    for t in counts:
-        ratios[f"slowdown_busy_{t}t"] = med[f"{t}t-busy"] / med[f"{t}t-idle"]
-    for cond in ("idle", "busy"):
-        ratios[f"speedup_{many}t_over_1t_{cond}"] = med[f"1t-{cond}"] / med[f"{many}t-{cond}"]
-    best_busy = min(counts, key=lambda t: med[f"{t}t-busy"])
+    best_busy = {}
+    for sub in subjects:
+        for t in counts:
+            ratios[f"{sub}/slowdown_busy_{t}t"] = med[name(sub, t, True)] / med[name(sub, t, False)]
+        for busy in (False, True):
+            cond = "busy" if busy else "idle"
+            ratios[f"{sub}/speedup_{many}t_over_1t_{cond}"] = (
+                med[name(sub, 1, busy)] / med[name(sub, many, busy)]
+            )
+        best_busy[sub] = min(counts, key=lambda t, sub=sub: med[name(sub, t, True)])
 
-    print(f"\n{'condition':>10}  {'ms/step':>9}  {'min':>9}  {'max':>9}  {'CPUs busy':>9}")
+    print(f"\n{'condition':>19}  {'ms/step':>9}  {'min':>9}  {'max':>9}  {'CPUs busy':>9}")
     for k, v in samples.items():
         print(
-            f"{k:>10}  {med[k] * 1e3:9.1f}  {min(v) * 1e3:9.1f}  {max(v) * 1e3:9.1f}  "
+            f"{k:>19}  {med[k] * 1e3:9.1f}  {min(v) * 1e3:9.1f}  {max(v) * 1e3:9.1f}  "
             f"{statistics.median(share[k]):9.0%}"
         )
     print()
     for k, v in ratios.items():
-        print(f"{k:>28}: {v:6.2f}x")
-    print(f"{'fastest beside a busy process':>28}: {best_busy} thread(s)")
+        print(f"{k:>36}: {v:6.2f}x")
+    for sub, t in best_busy.items():
+        print(f"{sub + ': fastest beside a busy process':>36}: {t} thread(s)")
     print(f"load average during the run: {min(loads):.2f} .. {max(loads):.2f}")
 
     result = {
