@@ -57,6 +57,9 @@ def test_analyze_recovers_the_planted_circuit(planted, name):
     assert res.exit_code == 0, res.output
     keys = ", ".join(map(str, sorted(c.freqs)))
     assert f"{c.op}: key frequencies" in res.output and keys in res.output
+    power_row = next(line for line in res.output.splitlines() if "logit power" in line)
+    assert power_row.count("*:") == len(c.freqs)
+    assert all(f" {k}*: " in power_row for k in c.freqs)
 
     result = analyze_run(load_run(run_dir))  # the cache the command wrote
     assert result.cached
