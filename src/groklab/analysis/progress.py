@@ -13,7 +13,8 @@ task, records (Nanda et al. 2023, §5):
 * ``{op}/logit_fve`` — the variance of the logits explained by ``Σ_k A_k cos(w_k(s − c))``;
 * ``{op}/gini_W_E``, ``{op}/gini_W_L`` — Gini coefficient of the Fourier norms per frequency
   of the embedding and of the neuron-logit map (sparsity);
-* ``{op}/key_freqs`` — the key frequencies read off that checkpoint alone (space-separated);
+* ``{op}/key_freqs`` — the key frequencies read off that checkpoint alone (space-separated;
+  empty when no sparse set stands out);
 * ``sumsq/<param>`` and ``sumsq/total`` — the sum of squared weights.
 
 ``s`` is the answer index (``a + b`` for addition; see :mod:`groklab.analysis.fourier`). The
