@@ -207,3 +207,44 @@ def test_logit_fit_fraction_of_variance_explained():
     # A constant per row changes nothing (logits are centred over classes first).
     shifted = fr.logit_fit(fitted + extra + g.tokens[:, :1].double(), g, [3])
     assert shifted.fve == pytest.approx(fit.fve, abs=1e-9)
+
+
+def _spectrum(n_freqs: int, strong: dict[int, float], floor: float, seed: int = 0) -> torch.Tensor:
+    """Logit power per frequency: ``strong`` ones on a noise floor (index 0 unused)."""
+    g = torch.Generator().manual_seed(seed)
+    power = torch.zeros(n_freqs + 1, dtype=torch.float64)
+    power[1:] = floor * torch.rand(n_freqs, generator=g, dtype=torch.float64)
+    for k, v in strong.items():
+        power[k] = v
+    return power
+
+
+def test_key_frequencies_keep_a_dominated_circuit():
+    # A canonical transformer 100k steps past grokking (weight decay 0.1): five key frequencies
+    # spanning a power ratio of 37, then the rest from 3.5e5 down.
+    strong = {14: 7.1e8, 35: 6.4e7, 41: 3.4e7, 42: 2.7e7, 52: 1.9e7, 7: 3.5e5}
+    power = _spectrum(56, strong, floor=3.0e5)
+    assert fr.key_frequencies(power) == [14, 35, 41, 42, 52]
+    assert fr.key_frequencies_above(power, 0.1) == [14]  # the former rule lost four of them
+    # A power ratio of 1,000 between the strongest and the weakest key frequency.
+    spread = {3: 1e9, 9: 1e8, 20: 1e7, 33: 1e6, 50: 1e6 * 1.05}
+    assert fr.key_frequencies(_spectrum(56, spread, floor=1e4)) == [3, 9, 20, 33, 50]
+    # One gap must span a decade: a 5x step is not a circuit's edge.
+    assert fr.key_frequencies(_spectrum(56, {3: 5e4}, floor=1e4)) == []
+    assert fr.key_frequencies(_spectrum(56, {3: 5e4}, floor=1e4), min_gap=0.5) == [3]
+
+
+def test_key_frequencies_of_noise_spectra_are_empty():
+    # Untrained or memorising logits spread their power over every frequency: exponentially
+    # distributed powers (a sum of two squared Gaussians each), whose smallest values may differ
+    # by any factor, but whose largest few never by a decade.
+    for seed in range(200):
+        g = torch.Generator().manual_seed(seed)
+        power = torch.zeros(57, dtype=torch.float64)
+        power[1:] = -torch.rand(56, generator=g, dtype=torch.float64).log()
+        assert fr.key_frequencies(power) == [], seed
+    assert fr.key_frequencies(torch.zeros(57)) == []
+    # More key frequencies than the cap, or than half of all frequencies, is no sparse circuit.
+    assert fr.key_frequencies(_spectrum(56, dict.fromkeys(range(1, 12), 1e6), 1.0)) == []
+    assert fr.key_frequencies(_spectrum(8, dict.fromkeys(range(1, 6), 1e6), 1.0)) == []
+    assert fr.key_frequencies(_spectrum(8, dict.fromkeys(range(1, 5), 1e6), 1.0)) == [1, 2, 3, 4]

@@ -13,7 +13,8 @@ task, records (Nanda et al. 2023, §5):
 * ``{op}/logit_fve`` — the variance of the logits explained by ``Σ_k A_k cos(w_k(s − c))``;
 * ``{op}/gini_W_E``, ``{op}/gini_W_L`` — Gini coefficient of the Fourier norms per frequency
   of the embedding and of the neuron-logit map (sparsity);
-* ``{op}/key_freqs`` — the key frequencies read off that checkpoint alone (space-separated);
+* ``{op}/key_freqs`` — the key frequencies read off that checkpoint alone (space-separated;
+  empty when no sparse set stands out);
 * ``sumsq/<param>`` and ``sumsq/total`` — the sum of squared weights.
 
 ``s`` is the answer index (``a + b`` for addition; see :mod:`groklab.analysis.fourier`). The
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 #: Bumped whenever a measure's definition changes, so cached results are recomputed.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 
 
 # --------------------------------------------------------------------------- pure measures
@@ -249,7 +250,7 @@ def resolve_key_freqs(
     final_logits: dict[str, torch.Tensor],
     grids: dict[str, fr.OperationGrid],
     *,
-    threshold: float = fr.KEY_FREQ_THRESHOLD,
+    min_gap: float = fr.KEY_FREQ_MIN_GAP,
 ) -> dict[str, list[int]]:
     """Key frequencies per operation: given ones, or read off ``final_logits``."""
     out: dict[str, list[int]] = {}
@@ -257,7 +258,7 @@ def resolve_key_freqs(
         given = key_freqs.get(op) if isinstance(key_freqs, dict) else key_freqs
         if given is None:
             power = fr.logit_frequency_power(final_logits[op], grids[op])
-            out[op] = fr.key_frequencies(power, threshold=threshold)
+            out[op] = fr.key_frequencies(power, min_gap=min_gap)
         else:
             bad = [k for k in given if not 1 <= int(k) <= grids[op].n // 2]
             if bad:
@@ -278,8 +279,8 @@ class _Plan:
     losses touch every grid row.
     """
 
-    def __init__(self, grid: fr.OperationGrid, keys: list[int], *, threshold: float) -> None:
-        self.grid, self.keys, self.threshold = grid, keys, threshold
+    def __init__(self, grid: fr.OperationGrid, keys: list[int], *, min_gap: float) -> None:
+        self.grid, self.keys, self.min_gap = grid, keys, min_gap
         self.counts = fr.sum_counts(grid)
         self.target = grid.target
         self.train_idx = torch.nonzero(grid.train).flatten()
@@ -371,9 +372,7 @@ class _Plan:
         a = (self.f_all.T @ profile).reshape(len(self.freqs), 2, -1)  # [freq, 2, n_out]
         power = torch.zeros(g.n // 2 + 1, dtype=torch.float64)
         power[1:] = torch.einsum("kic,kij,kjc->k", a, self.ginv, a)
-        row[f"{op}/key_freqs"] = " ".join(
-            map(str, fr.key_frequencies(power, threshold=self.threshold))
-        )
+        row[f"{op}/key_freqs"] = " ".join(map(str, fr.key_frequencies(power, min_gap=self.min_gap)))
         return row
 
 
@@ -385,7 +384,7 @@ def progress_measures(
     key_freqs: Sequence[int] | dict[str, Sequence[int]] | None = None,
     ops: Sequence[str] | None = None,
     generators: dict[str, int] | None = None,
-    threshold: float = fr.KEY_FREQ_THRESHOLD,
+    min_gap: float = fr.KEY_FREQ_MIN_GAP,
     callback: Callable[[int, int], None] | None = None,
 ) -> Progress:
     """Compute the progress measures over the checkpoints of a saved run.
@@ -399,7 +398,8 @@ def progress_measures(
             key_frequencies`.
         ops: operations to analyse (default: all of the task's).
         generators: discrete-log generator per mul/div operation (default: the smallest).
-        threshold: the key-frequency threshold.
+        min_gap: the key-frequency rule's minimum gap in decades (see
+            :func:`~groklab.analysis.fourier.key_frequencies`).
         callback: ``callback(done, total)`` after each checkpoint (progress bars).
 
     Raises:
@@ -419,9 +419,9 @@ def progress_measures(
 
     model = run.model_at(available[-1])
     final = dict(zip(ops, grid_logits(model, grid_list)[0], strict=True))
-    keys = resolve_key_freqs(key_freqs, ops, final, grids, threshold=threshold)
+    keys = resolve_key_freqs(key_freqs, ops, final, grids, min_gap=min_gap)
 
-    plans = {op: _Plan(grids[op], keys[op], threshold=threshold) for op in ops}
+    plans = {op: _Plan(grids[op], keys[op], min_gap=min_gap) for op in ops}
     rows = []
     for i, step in enumerate(chosen):
         weights = run.weights_at(step)
@@ -539,7 +539,7 @@ def circuit_snapshot(
     op: str | None = None,
     key_freqs: Sequence[int] | None = None,
     generator: int | None = None,
-    threshold: float = fr.KEY_FREQ_THRESHOLD,
+    min_gap: float = fr.KEY_FREQ_MIN_GAP,
     cluster_threshold: float = fr.CLUSTER_THRESHOLD,
 ) -> Snapshot:
     """Reverse-engineer one operation's circuit at one checkpoint (default: the final one)."""
@@ -556,7 +556,7 @@ def circuit_snapshot(
 
     power = fr.logit_frequency_power(logits, grid)
     keys = (
-        fr.key_frequencies(power, threshold=threshold)
+        fr.key_frequencies(power, min_gap=min_gap)
         if key_freqs is None
         else sorted({int(k) for k in key_freqs})
     )
@@ -691,7 +691,7 @@ def analyze_run(
         else dict(sorted(key_freqs.items())),
         "ops": ops,
         "generators": dict(sorted(generators.items())),
-        "threshold": fr.KEY_FREQ_THRESHOLD,
+        "key_freq_rule": {"min_gap": fr.KEY_FREQ_MIN_GAP, "max": fr.KEY_FREQ_MAX},
     }
     folder = Path(run.path) / "analysis"
     folder.mkdir(parents=True, exist_ok=True)

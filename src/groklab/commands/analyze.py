@@ -33,6 +33,14 @@ def _span(span: Any) -> str:
     return f"{a} – {'end' if b is None else b}"
 
 
+def _power_row(snap: Any, keys: list[int]) -> str:
+    """The strongest frequencies' logit power, strongest first: ``14*: 7.1e+08, ...``."""
+    power = snap.logit_power
+    order = sorted(range(1, len(power)), key=lambda k: -power[k])
+    shown = order[: max(6, len(keys) + 3)]
+    return ", ".join(f"{k}{'*' if k in keys else ''}: {power[k]:.2g}" for k in shown)
+
+
 def _print_summary(run: Any, result: Any, figures: list[Path], console: Any) -> None:
     from rich.table import Table
 
@@ -50,6 +58,7 @@ def _print_summary(run: Any, result: Any, figures: list[Path], console: Any) -> 
     for op, snap in result.snapshots.items():
         log = f" (discrete log, generator {snap.generator})" if snap.generator is not None else ""
         t.add_row(f"{op}: key frequencies{log}", ", ".join(map(str, prog.key_freqs[op])) or "none")
+        t.add_row(f"{op}: logit power, strongest (* key)", _power_row(snap, prog.key_freqs[op]))
         if snap.clustered_share is not None:
             counts = ", ".join(f"{k}: {v}" for k, v in snap.cluster_counts().items())
             t.add_row(
