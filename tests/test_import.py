@@ -253,6 +253,17 @@ def test_every_analysis_of_an_imported_run_uses_its_recorded_split(tmp_path):
     assert split["split_hash"] == tensor_hash(x[train], x[test_rows])
 
 
+def test_llc_cache_of_an_imported_run_belongs_to_its_split(tmp_path):
+    """An LLC cached on the imported rows is never served for another split (and vice versa)."""
+    run, _ = _imported_run_with_split(tmp_path)
+    s = llc.LLCSettings(chains=1, draws=4, burnin=0, batch_size=None)
+    llc.llc_over_checkpoints(run, s)
+    assert len(llc.read_cache(run, s)[0]) == 1
+    split_file = run.path / "imported_split.safetensors"
+    split_file.rename(tmp_path / "aside")  # the same run read as if on groklab's split
+    assert len(llc.read_cache(groklab.load_run(run.path), s)[0]) == 0
+
+
 def test_published_split_seed_sets_the_published_split_in_the_config(tmp_path):
     torch.save({"model": _published_state_dict(), "epoch": 1}, tmp_path / "m.pth")
     res = import_checkpoint(tmp_path / "m.pth", tmp_path / "run", published_split_seed=3)
