@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import import_extra
 from groklab.analysis import llc
 from groklab.analysis.llc import LLCSettings, estimate_llc
 from groklab.errors import ConfigError
@@ -625,7 +626,7 @@ def test_calibration_sweeps_and_recommends(tiny_run: Path) -> None:
 
 
 def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import_extra("matplotlib", "plot")
     from typer.testing import CliRunner
 
     from groklab.cli import app
