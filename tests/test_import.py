@@ -253,6 +253,16 @@ def test_every_analysis_of_an_imported_run_uses_its_recorded_split(tmp_path):
     assert split["split_hash"] == tensor_hash(x[train], x[test_rows])
 
 
+def test_continuing_from_an_imported_split_is_refused(tmp_path):
+    """A child would subset groklab's split, not the rows the parent was trained on."""
+    from groklab.dcrit import continue_config
+    from groklab.errors import ConfigError
+
+    run, _ = _imported_run_with_split(tmp_path)
+    with pytest.raises(ConfigError, match="imported split"):
+        continue_config(f"{run.path}@4", ["data.train_size=10"])
+
+
 def test_llc_cache_of_an_imported_run_belongs_to_its_split(tmp_path):
     """An LLC cached on the imported rows is never served for another split (and vice versa)."""
     run, _ = _imported_run_with_split(tmp_path)
