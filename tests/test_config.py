@@ -118,6 +118,7 @@ def test_config_hash_is_stable_and_tracks_changes() -> None:
         ("data.p=1", "data.p"),
         ("data.p=2.5", "data.p"),
         ("data.train_size=0", "data.train_size"),
+        ("data.split=paper", "data.split"),
         ("model.arch=rnn", "model.arch"),
         ("model.act=tanh", "model.act"),
         ("model.d_model=0", "model.d_model"),

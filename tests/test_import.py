@@ -7,11 +7,13 @@ import random
 
 import pytest
 import torch
+import torch.nn.functional as F
 from typer.testing import CliRunner
 
 import groklab
 from groklab.analysis import fourier as fr
-from groklab.analysis.importer import analysis_task, import_checkpoint, published_split
+from groklab.analysis import llc, progress
+from groklab.analysis.importer import import_checkpoint
 from groklab.cli import app
 from groklab.errors import CheckpointError
 
@@ -192,7 +194,7 @@ def test_checkpoint_list_with_split(tmp_path):
         want = _published_forward(ckpts[1], _all_inputs())
     torch.testing.assert_close(_groklab_logits(tmp_path / "run", 5), want, rtol=1e-5, atol=1e-5)
     # Analysis scores train/test on the recorded split, not on groklab's own.
-    grid = fr.operation_grid(analysis_task(run))
+    grid = fr.operation_grid(run.task)
     assert sorted(torch.nonzero(grid.train).flatten().tolist()) == sorted(train.tolist())
     assert int(grid.test.sum()) == P * P - 20
 
@@ -211,12 +213,76 @@ def test_folder_of_epoch_files(tmp_path):
     torch.testing.assert_close(_groklab_logits(tmp_path / "run", 4), want, rtol=1e-5, atol=1e-5)
 
 
-def test_published_split_matches_python_random():
-    pairs = [(i, j, P) for i in range(P) for j in range(P)]
-    random.seed(3)
-    random.shuffle(pairs)
-    want = [i * P + j for i, j, _ in pairs[: int(0.3 * len(pairs))]]
-    assert published_split(P, 0.3, 3).tolist() == want
+def _imported_run_with_split(tmp_path):
+    """An imported run whose file records a split unlike groklab's split of the same size."""
+    train = torch.randperm(P * P, generator=torch.Generator().manual_seed(5))[:20]
+    torch.save(
+        {"model": _published_state_dict(2), "epoch": 4, "train_indices": train}, tmp_path / "m.pth"
+    )
+    import_checkpoint(tmp_path / "m.pth", tmp_path / "run")
+    return groklab.load_run(tmp_path / "run"), train
+
+
+def test_every_analysis_of_an_imported_run_uses_its_recorded_split(tmp_path):
+    from groklab.report.collect import load_run_data
+    from groklab.tasks import build_task, tensor_hash
+
+    run, train = _imported_run_with_split(tmp_path)
+    x = _all_inputs()
+    own = build_task(run.config.data)  # groklab's split of the same size: must not be used
+    assert own.n_train == 20
+    assert sorted((own.train_x[:, 0] * P + own.train_x[:, 1]).tolist()) != sorted(train.tolist())
+    # The run serves the recorded rows, in the recorded order.
+    assert torch.equal(run.task.train_x, x[train])
+    assert run.task.n_test == P * P - 20
+    with torch.no_grad():
+        logits = _published_forward(_published_state_dict(2), x).double()  # [p², d_vocab]
+    y = (x[:, 0] + x[:, 1]) % P
+    # LLC: the loss at w* is the run's float64 cross-entropy over all classes on those rows.
+    want_llc = F.cross_entropy(logits[train], y[train]).item()
+    assert llc.run_loss(run, 4).init_loss == pytest.approx(want_llc, rel=1e-5)
+    # Progress measures: train loss over the p answer classes on those rows.
+    want_prog = F.cross_entropy(logits[train, :P], y[train]).item()
+    table = progress.progress_measures(run, key_freqs=[1]).table
+    assert table["add/train_loss"].iloc[-1] == pytest.approx(want_prog, rel=1e-5)
+    # Report: the sizes and split hash of those rows.
+    test_rows = torch.ones(P * P, dtype=torch.bool)
+    test_rows[train] = False
+    split = load_run_data(tmp_path / "run").split
+    assert (split["n_train"], split["n_test"], split["source"]) == (20, P * P - 20, "imported")
+    assert split["split_hash"] == tensor_hash(x[train], x[test_rows])
+
+
+def test_continuing_from_an_imported_split_is_refused(tmp_path):
+    """A child would subset groklab's split, not the rows the parent was trained on."""
+    from groklab.dcrit import continue_config
+    from groklab.errors import ConfigError
+
+    run, _ = _imported_run_with_split(tmp_path)
+    with pytest.raises(ConfigError, match="imported split"):
+        continue_config(f"{run.path}@4", ["data.train_size=10"])
+
+
+def test_llc_cache_of_an_imported_run_belongs_to_its_split(tmp_path):
+    """An LLC cached on the imported rows is never served for another split (and vice versa)."""
+    run, _ = _imported_run_with_split(tmp_path)
+    s = llc.LLCSettings(chains=1, draws=4, burnin=0, batch_size=None)
+    llc.llc_over_checkpoints(run, s)
+    assert len(llc.read_cache(run, s)[0]) == 1
+    split_file = run.path / "imported_split.safetensors"
+    split_file.rename(tmp_path / "aside")  # the same run read as if on groklab's split
+    assert len(llc.read_cache(groklab.load_run(run.path), s)[0]) == 0
+
+
+def test_published_split_seed_sets_the_published_split_in_the_config(tmp_path):
+    torch.save({"model": _published_state_dict(), "epoch": 1}, tmp_path / "m.pth")
+    res = import_checkpoint(tmp_path / "m.pth", tmp_path / "run", published_split_seed=3)
+    assert (res.config.data.split, res.config.data.split_seed) == ("published", 3)
+    pairs = [(i, j) for i in range(P) for j in range(P)]
+    random.Random(3).shuffle(pairs)
+    run = groklab.load_run(tmp_path / "run")
+    assert [tuple(r) for r in run.task.train_x[:, :2].tolist()] == pairs[: int(0.3 * P * P)]
+    assert run.manifest["split_hash"] == run.task.split_hash
 
 
 class _NotATensor:

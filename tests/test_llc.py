@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import import_extra
 from groklab.analysis import llc
 from groklab.analysis.llc import LLCSettings, estimate_llc
 from groklab.errors import ConfigError
@@ -313,6 +314,101 @@ def test_convergence_ratio_detects_a_trend() -> None:
     assert not ok and "not flat" in why
 
 
+def _synthetic_trace(
+    e: float,
+    *,
+    chains: int = 4,
+    burnin: int = 40,
+    draws: int = 200,
+    bump: float = 0.0,
+    at: int = 5,
+    seed: int = 0,
+) -> np.ndarray:
+    """Excess loss rising to ``e`` over the first 10 steps, plus noise of sd 0.1·e, plus a
+    bump of ``bump``·e over the 16 steps from ``at`` (an overshoot that comes back down).
+    ``[chains, burnin + draws]``."""
+    t = np.arange(burnin + draws)
+    level = e * (1 - np.exp(-t / 3.0))
+    level[at : at + 16] += bump * e
+    return level + 0.1 * e * np.random.default_rng(seed).standard_normal((chains, len(t)))
+
+
+def _judged(trace: np.ndarray, *, init_loss: float = 1.0, nbeta: float = 100.0):
+    s = LLCSettings(chains=trace.shape[0], burnin=40, draws=trace.shape[1] - 40, batch_size=None)
+    res = llc._summarise(
+        init_loss + trace,
+        init_loss=init_loss,
+        nbeta=nbeta,
+        n=1000,
+        n_params=1000,
+        settings=s,
+        max_loss=None,
+        seconds=0.0,
+    )
+    return res, llc.judge(res)
+
+
+def test_judge_accepts_a_flat_trace_and_rejects_an_early_spike() -> None:
+    """The calibration rule on synthetic traces with a known shape (E = 0.05 above L(w*))."""
+    res, (ok, why) = _judged(_synthetic_trace(0.05))
+    assert res.llc == pytest.approx(100 * 0.05, rel=0.02)
+    assert (ok, why) == (True, [])
+    # A block at ~1.27x the final level is not a spike; an overshoot to ~2.1x is.
+    assert _judged(_synthetic_trace(0.05, bump=0.4, at=24))[1] == (True, [])
+    res, (ok, why) = _judged(_synthetic_trace(0.05, bump=2.0))
+    assert not ok and why == ["early spike"]  # burn-in only: the estimate itself is flat
+    assert res.llc == pytest.approx(100 * 0.05, rel=0.02)
+    # The same overshoot after the middle of the draws is not an early spike.
+    late = _synthetic_trace(0.05, bump=2.0, at=200)  # draws are steps 40..239, middle 140
+    assert "early spike" not in _judged(late)[1][1]
+
+
+def test_calibration_recommends_the_smallest_passing_gamma_at_the_largest_passing_epsilon(
+    tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """judge() and the tie-break run for real on synthetic sampler traces: at epsilon 1e-3
+    every trace spikes, at 3e-4 gamma 30 spikes and gammas 100, 300, 1000 are flat."""
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    l0 = llc.run_loss(run, 60).init_loss
+
+    def fake_chains(loss_fn, flat, *, eps, gamma, steps, seed, **kw):
+        rows = [
+            l0
+            + _synthetic_trace(
+                0.05,
+                chains=1,
+                burnin=40,
+                draws=steps - 40,
+                seed=seed + i,
+                bump=2.0 if e >= 1e-3 or (e == 3e-4 and g == 30.0) else 0.0,
+            )[0]
+            for i, (e, g) in enumerate(zip(eps.tolist(), gamma.tolist(), strict=True))
+        ]
+        return torch.tensor(np.stack(rows), dtype=torch.float64)
+
+    monkeypatch.setattr(llc, "_run_chains", fake_chains)
+    base = LLCSettings(chains=2, draws=200, burnin=40, batch_size=None)
+    cal = llc.calibrate(
+        run,
+        60,
+        epsilons=(1e-3, 1e-4, 3e-4),  # neither order helps: ties are broken by the rule
+        gammas=(1000.0, 300.0, 30.0, 100.0),
+        base=base,
+        save=False,
+    )
+    by = {
+        (r.settings.epsilon, r.settings.gamma): (ok, why)
+        for r, ok, why in zip(cal.results, cal.ok, cal.reasons, strict=True)
+    }
+    assert all(by[(1e-3, g)] == (False, ["early spike"]) for g in (30.0, 100.0, 300.0, 1000.0))
+    assert by[(3e-4, 30.0)] == (False, ["early spike"])
+    assert all(by[(e, g)] == (True, []) for e in (1e-4, 3e-4) for g in (100.0, 300.0, 1000.0))
+    assert by[(1e-4, 30.0)] == (True, [])
+    assert (cal.recommendation.epsilon, cal.recommendation.gamma) == (3e-4, 100.0)
+
+
 def test_settings_validation() -> None:
     with pytest.raises(ConfigError, match=r"llc\.epsilon"):
         LLCSettings(epsilon=0)
@@ -530,7 +626,7 @@ def test_calibration_sweeps_and_recommends(tiny_run: Path) -> None:
 
 
 def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
-    pytest.importorskip("matplotlib")
+    import_extra("matplotlib", "plot")
     from typer.testing import CliRunner
 
     from groklab.cli import app

@@ -2,22 +2,25 @@
 
 Same small transformer checkpoint, same settings (epsilon, gamma, nbeta given explicitly —
 devinterp's default nbeta uses the batch size), same minibatch size, same seed, same
-``L(w*)``: the two estimates must agree within the chains' spread. Both samplers draw their
-own noise (devinterp from the global generator, groklab from a local one), so the comparison
-is statistical, not bitwise.
+``L(w*)``: the two estimates must agree within 3 standard errors of their difference. Both
+samplers draw their own noise (devinterp from the global generator, groklab from a local one),
+so the comparison is statistical, not bitwise. In CI (``CI=true``) a missing devinterp fails
+the module instead of skipping it.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
+from conftest import import_extra
 from groklab.analysis import llc
 
-devinterp = pytest.importorskip("devinterp", reason="optional extra: pip install '.[llc-check]'")
+devinterp = import_extra("devinterp", "llc-check")
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +111,24 @@ def test_agrees_with_devinterp(small_run: Path) -> None:
     ours = llc.estimate_llc_at(run, step, s)
     assert not ours.diverged and ours.warnings == ()
     theirs = _devinterp(run, step, s, ours.nbeta, ours.init_loss)
-    spread = max(float(theirs["llc/std"]), ours.llc_std)
+    # Each estimate is the mean of its chains' estimates, which are independent draws, so its
+    # standard error is sd/√chains (sd over chains, ddof 1 in both libraries: torch's std and
+    # groklab's llc_std). The two samplers are independent of each other, so the difference of
+    # the estimates has SE = √(sd_ours²/c + sd_theirs²/c). A real discrepancy of 3 SE fails;
+    # two correct samplers would differ by more only ~1% of the time (t with ~14 dof), and the
+    # seeds are fixed, so the outcome does not flicker.
+    c = s.chains
+    se = math.sqrt(ours.llc_std**2 / c + float(theirs["llc/std"]) ** 2 / c)
+    diff = ours.llc - float(theirs["llc/mean"])
     print(
         f"groklab {ours.llc:.3f} ± {ours.llc_std:.3f}  devinterp {theirs['llc/mean']:.3f} ± "
-        f"{theirs['llc/std']:.3f}  (nbeta {ours.nbeta:.2f}, L(w*) {ours.init_loss:.4g})"
+        f"{theirs['llc/std']:.3f} (sd over {c} chains); difference {diff:.3f} = "
+        f"{diff / se:.2f} SE (SE {se:.3f}; nbeta {ours.nbeta:.2f}, L(w*) {ours.init_loss:.4g})"
     )
     assert ours.llc > 0
-    assert abs(ours.llc - float(theirs["llc/mean"])) <= spread
-    # the traces have the same shape and level: devinterp's loss/trace is [chains, draws]
+    assert abs(diff) <= 3 * se
+    # the traces have the same shape and level: devinterp's loss/trace is [chains, draws], and
+    # its mean is L(w*) + llc / nbeta, so it carries the same SE divided by nbeta
     d_trace = theirs["loss/trace"]
     assert d_trace.shape == ours.draws_trace.shape
-    assert abs(d_trace.mean() - ours.draws_trace.mean()) <= 2 * spread / ours.nbeta
+    assert abs(d_trace.mean() - ours.draws_trace.mean()) <= 3 * se / ours.nbeta

@@ -368,6 +368,42 @@ def test_bisection_finds_the_critical_value(
     assert res3["estimate"] is None and "below it" in res3["note"]
 
 
+def test_bisection_verdict_is_a_majority_of_seeds_on_real_metrics(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the executor is replaced: it writes each run's metrics.parquet, and the verdict
+    reads them. Seed s reaches test/acc 0.99 iff train_fraction >= (0.30, 0.45, 0.60)[s], so
+    any-seed would find 0.30, all-seeds 0.60, and the majority (2 of 3) 0.45."""
+    first = {0: 0.30, 1: 0.45, 2: 0.60}
+
+    def fake_run_many(configs, outs, **kw):
+        for c, o in zip(configs, outs, strict=True):
+            v, s = c.data.train_fraction, c.train.seed
+            steps = [0, 100, 200, 300]
+            # Every run memorises; test accuracy reaches 0.99 at step 300 only where the
+            # seed generalises, else it tops out at 0.985 (below the threshold).
+            test_acc = [0.01, 0.5, 0.9, 0.995 if v >= first[s] else 0.985]
+            o.mkdir(parents=True, exist_ok=True)
+            metrics = {"step": steps, "train/acc": [0.1, 1.0, 1.0, 1.0], "test/acc": test_acc}
+            pd.DataFrame(metrics).to_parquet(o / "metrics.parquet")
+        return [{"out": str(o), "status": "completed", "error": None} for o in outs]
+
+    monkeypatch.setattr(sw, "run_many", fake_run_many)
+    spec = sw.parse_spec(
+        {
+            "seeds": [0, 1, 2],
+            "bisect": {"key": "data.train_fraction", "lo": 0.1, "hi": 0.9, "tol": 0.01},
+        }
+    )
+    res, _ = sw.bisect_sweep(spec, tmp_path, known=[], workers=1, progress=False)
+    assert res["lo"] < 0.45 <= res["hi"] and res["hi"] - res["lo"] <= 0.01
+    for h in res["history"]:  # every point: the seeds that got there, and the majority
+        n = sum(h["value"] >= t for t in first.values())
+        assert (h["n_generalised"], h["n"], h["generalised"]) == (n, 3, n >= 2)
+    # Points where one seed or two seeds generalised were both tried: majority decided them.
+    assert {1, 2} <= {h["n_generalised"] for h in res["history"]}
+
+
 # ----------------------------------------------------------------------------- kill + resume
 
 

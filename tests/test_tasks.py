@@ -205,3 +205,43 @@ def test_split_hash_changes_with_seed_and_data() -> None:
     assert h0 != build_task(DataConfig(p=23, split_seed=1)).split_hash
     assert h0 != build_task(DataConfig(p=23, split_seed=0, train_fraction=0.5)).split_hash
     assert len(h0) == 16
+
+
+@pytest.mark.parametrize(("p", "frac", "seed"), [(113, 0.3, 0), (23, 0.5, 7)])
+def test_published_split_is_pythons_random_shuffle_of_the_pairs(p, frac, seed) -> None:
+    """data.split='published' is the published code's split, row for row and in order."""
+    import random
+
+    state = random.getstate()
+    try:  # exactly what the published code runs, on the global generator
+        pairs = [(i, j) for i in range(p) for j in range(p)]
+        random.seed(seed)
+        random.shuffle(pairs)
+    finally:
+        random.setstate(state)
+    n = int(frac * len(pairs))
+    before = random.getstate()
+    t = build_task(DataConfig(p=p, train_fraction=frac, split="published", split_seed=seed))
+    assert random.getstate() == before  # no global seeding in the library
+    assert [tuple(r) for r in t.train_x[:, :2].tolist()] == pairs[:n]
+    assert [tuple(r) for r in t.test_x[:, :2].tolist()] == pairs[n:]
+    assert t.train_y.flatten().tolist() == [(a + b) % p for a, b in pairs[:n]]
+    # groklab's default split of the same size is a different one.
+    own = build_task(DataConfig(p=p, train_fraction=frac, split_seed=seed))
+    assert own.n_train == n and own.split_hash != t.split_hash
+
+
+def test_split_option_is_validated_in_one_line() -> None:
+    with pytest.raises(
+        ConfigError, match=r"^data\.split='paper' is not allowed; allowed: groklab, published$"
+    ):
+        DataConfig(split="paper")
+    with pytest.raises(
+        ConfigError,
+        match=r"^data\.split='published' applies only to data\.task modular with one operation",
+    ):
+        DataConfig(operations=("add", "mul"), split="published")
+    with pytest.raises(ConfigError, match=r"^data\.split='published' applies only"):
+        DataConfig(task="digits", split="published")
+    # The default spelled out is the default: same config, same hash, same split.
+    assert DataConfig(split="groklab") == DataConfig()

@@ -6,6 +6,7 @@ import itertools
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -17,6 +18,7 @@ from groklab.run import load_run
 from groklab.store import load_checkpoint
 from groklab.tasks import build_task
 from groklab.train import checkpoint_schedule, loop
+from groklab.train.losses import token_losses
 
 
 def _train(tmp_path: Path, name: str = "run", **sections) -> Path:
@@ -216,18 +218,40 @@ def test_nan_weights_stop_the_run_at_the_next_check(
     assert meta["step"] == "12" and _all_finite(state)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_loss_dtypes_both_train(tmp_path: Path, dtype: str) -> None:
-    run = load_run(_train(tmp_path, train={"loss_dtype": dtype}))
-    m = run.metrics
-    assert run.status == "completed"
-    assert m["train/loss"].iloc[-1] < m["train/loss"].iloc[0]
-    task = run.task
+def test_loss_dtypes_both_train_and_float32_is_a_different_run(tmp_path: Path) -> None:
+    runs = {
+        d: load_run(_train(tmp_path, name=d, train={"loss_dtype": d}))
+        for d in ("float32", "float64")
+    }
+    x, y = runs["float64"].task.train_x, runs["float64"].task.train_y[:, 0]
     with torch.no_grad():
-        logits = run.model_at(0)(task.train_x, n_scored=1)
-    ref = torch.nn.functional.cross_entropy(logits[:, 0].double(), task.train_y[:, 0]).item()
-    tol = 1e-6 if dtype == "float32" else 1e-12
-    assert m["train/loss"].iloc[0] == pytest.approx(ref, rel=tol)
+        logits = runs["float64"].model_at(0)(x, n_scored=1)[:, 0]  # same init for both
+    ref = torch.nn.functional.cross_entropy(logits.double(), y).item()
+    for d, run in runs.items():
+        m = run.metrics
+        assert run.status == "completed"
+        assert m["train/loss"].iloc[-1] < m["train/loss"].iloc[0]
+        assert m["train/loss"].iloc[0] == pytest.approx(ref, rel=1e-6 if d == "float32" else 1e-12)
+    # float32 losses are float32 numbers; float64 ones are not (all of them, by chance, ~2^-29 each).
+    as32 = {
+        d: [float(np.float32(v)) == v for v in r.metrics["train/loss"]] for d, r in runs.items()
+    }
+    assert all(as32["float32"]) and not any(as32["float64"])
+    # Their gradients differ by rounding, so the weights part ways, yet only by rounding.
+    w32, w64 = runs["float32"].weights_at(30), runs["float64"].weights_at(30)
+    assert any(not torch.equal(w32[k], w64[k]) for k in w64)
+    for k in w64:
+        torch.testing.assert_close(w32[k], w64[k], rtol=1e-3, atol=1e-4)
+
+
+def test_float32_log_softmax_rounds_a_tiny_loss_to_zero() -> None:
+    """The precision the float64 default keeps: a margin of 30 costs log(1 + e^-30) ≈ 9.4e-14."""
+    logits, target = torch.tensor([[[0.0, 30.0]]]), torch.tensor([[1]])  # [batch, pos, class]
+    want = math.log1p(math.exp(-30.0))
+    l64 = token_losses(logits, target, kind="cross_entropy", dtype=torch.float64)
+    l32 = token_losses(logits, target, kind="cross_entropy", dtype=torch.float32)
+    assert l64.dtype == torch.float64 and l64.item() == pytest.approx(want, rel=1e-12)
+    assert l32.dtype == torch.float32 and l32.item() == 0.0
 
 
 @pytest.mark.parametrize("loss", ["mse", "stablemax"])
@@ -243,6 +267,39 @@ def test_other_losses_train(tmp_path: Path, loss: str) -> None:
         onehot = torch.nn.functional.one_hot(task.train_y[:, 0], logits.shape[-1]).double()
         ref = torch.nn.functional.mse_loss(logits, onehot).item()
         assert m["train/loss"].iloc[0] == pytest.approx(ref, rel=1e-9)
+    else:  # StableMax cross-entropy, from the definition, element by element
+        task = run.task
+        with torch.no_grad():
+            logits = run.model_at(0)(task.train_x, n_scored=1)[:, 0].double().tolist()
+        ref = [
+            -math.log(_stablemax(row)[y])
+            for row, y in zip(logits, task.train_y[:, 0].tolist(), strict=True)
+        ]
+        assert m["train/loss"].iloc[0] == pytest.approx(sum(ref) / len(ref), rel=1e-9)
+        # ... which is not the softmax cross-entropy of the same logits.
+        ce = torch.nn.functional.cross_entropy(torch.tensor(logits), task.train_y[:, 0]).item()
+        assert abs(m["train/loss"].iloc[0] - ce) > 1e-3
+
+
+def _stablemax(xs: list[float]) -> list[float]:
+    """StableMax (Prieto et al. 2025): s(x) = x + 1 for x >= 0, 1 / (1 − x) for x < 0."""
+    s = [x + 1 if x >= 0 else 1 / (1 - x) for x in xs]
+    return [v / sum(s) for v in s]
+
+
+def test_stablemax_loss_on_known_logits() -> None:
+    # s(-1, 0, 2, -3) = (1/2, 1, 3, 1/4), sum 4.75.
+    logits = torch.tensor([[[-1.0, 0.0, 2.0, -3.0]]] * 4)  # [batch, pos, class]
+    targets = torch.tensor([[0], [1], [2], [3]])
+    got = token_losses(logits, targets, kind="stablemax", dtype=torch.float64)[:, 0]
+    want = [-math.log(v / 4.75) for v in (0.5, 1.0, 3.0, 0.25)]
+    assert got.tolist() == pytest.approx(want, rel=1e-12)
+    assert got.tolist() == pytest.approx([-math.log(p) for p in _stablemax([-1, 0, 2, -3])])
+    # Linear growth for positive logits, where softmax is exponential: s(9) / s(0) = 10.
+    two = token_losses(
+        torch.tensor([[[9.0, 0.0]]]), torch.tensor([[1]]), kind="stablemax", dtype=torch.float64
+    )
+    assert two.item() == pytest.approx(math.log(11.0), rel=1e-12)
 
 
 @pytest.mark.parametrize("name", ["adam", "sgd"])
@@ -250,6 +307,49 @@ def test_other_optimisers_train(tmp_path: Path, name: str) -> None:
     optim = {"name": name, "lr": 1e-2 if name == "adam" else 0.5, "weight_decay": 0.0}
     m = load_run(_train(tmp_path, optim=optim)).metrics
     assert m["train/loss"].iloc[-1] < m["train/loss"].iloc[0]
+
+
+def _one_adam_step(w, g, *, lr: float, wd: float, decoupled: bool, betas=(0.9, 0.98), eps=1e-8):
+    """Adam's first step from zero state, by hand: AdamW shrinks w by (1 − lr·wd) apart from
+    the gradient step; Adam adds wd·w to the gradient (L2) before the moment estimates."""
+    if decoupled:
+        w = w * (1 - lr * wd)
+    else:
+        g = g + wd * w
+    m_hat = (1 - betas[0]) * g / (1 - betas[0])  # bias-corrected moments at t = 1
+    v_hat = (1 - betas[1]) * g**2 / (1 - betas[1])
+    return w - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+def test_adam_is_l2_and_adamw_is_decoupled_weight_decay(tmp_path: Path) -> None:
+    """optim.name takes effect: at weight decay 1, one step of each matches its own update
+    rule by hand and not the other's (at weight decay 0 the two are the same algorithm)."""
+    lr, wd = 1e-2, 1.0
+    after = {}
+    for name in ("adam", "adamw"):
+        optim = {"name": name, "lr": lr, "weight_decay": wd, "warmup_steps": 0}
+        train = {"steps": 1, "checkpoint_every": 1, "eval_every": 1}
+        run = load_run(_train(tmp_path, name=name, optim=optim, train=train))
+        after[name] = run.weights_at(1)
+    model = run.model_at(0)  # the same initial weights for both
+    task = run.task
+    logits = model(task.train_x, n_scored=1)
+    token_losses(logits, task.train_y, kind="cross_entropy", dtype=torch.float64).mean().backward()
+    n_checked = 0
+    for k, p in model.named_parameters():
+        w0, g = p.detach().double(), p.grad.double()
+        want = {
+            n: _one_adam_step(w0, g, lr=lr, wd=wd, decoupled=n == "adamw")
+            for n in ("adam", "adamw")
+        }
+        for name, other in (("adam", "adamw"), ("adamw", "adam")):
+            got = after[name][k].double()
+            torch.testing.assert_close(got, want[name], rtol=0, atol=1e-5, msg=f"{name} {k}")
+            if w0.abs().max() > 0:  # (biases start at 0, where decay does nothing)
+                # The other rule lands elsewhere: by ~lr where wd·w flips the gradient's sign.
+                assert (got - want[other]).abs().max() > 1e-3, (name, k)
+                n_checked += 1
+    assert n_checked == 2 * 9  # W_E, W_pos, W_Q, W_K, W_V, W_O, W_in, W_out, W_U
 
 
 def test_mixed_operations_log_per_op_subsets(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ TASKS = ("modular", "digits", "mnist", "digit-add", "repeat-subseq", "max-elemen
 # Generated sequence tasks (groklab.tasks.*): infinite data unless data.train_size is set.
 ZOO_TASKS = ("digit-add", "repeat-subseq", "max-element", "sparse-parity")
 IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
+SPLITS = ("groklab", "published")  # data.split: groklab's torch shuffle or the published one
 
 
 def _is_prime(n: int) -> bool:
@@ -121,7 +122,13 @@ class DataConfig:
         train_size: number of training problems; overrides ``train_fraction`` when set.
             Image tasks: the number of training images (default: 1,000 for ``mnist``,
             ``train_fraction`` of the 1,797 images for ``digits``); the rest are the test set.
-        split_seed: seed of the local generator that shuffles problems into train/test.
+        split_seed: seed of the shuffle of problems into train/test.
+        split: how the problems are shuffled into train/test: ``None``/``"groklab"`` (default)
+            a ``torch.randperm`` per operation from a local generator seeded with
+            ``split_seed``; ``"published"``: the published progress-measures code's split,
+            ``random.seed(split_seed); random.shuffle(pairs)`` over the row-major list of
+            ``(a, b)`` pairs, the first ``train_fraction`` share (or ``train_size``) for
+            training. Modular task with one operation only.
         data_dir: image tasks: folder holding the MNIST IDX files (``mnist`` only).
         test_size: image tasks: keep only this many of the remaining examples (a seeded random
             subset) as the test set, for cheaper evaluations; ``None`` = all of them.
@@ -149,6 +156,7 @@ class DataConfig:
     train_fraction: float = 0.3
     train_size: int | None = None
     split_seed: int = 0
+    split: str | None = None
     data_dir: str | None = None
     test_size: int | None = None
     n_digits: int | None = None
@@ -207,6 +215,15 @@ class DataConfig:
         if self.train_size is not None:
             _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
         _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
+        if self.split == "groklab":  # the default spelled out: stored as None, same hash
+            object.__setattr__(self, "split", None)
+        if self.split is not None:
+            _choice(s, "split", self.split, SPLITS)
+            if self.task != "modular" or len(self.operations) != 1:
+                raise ConfigError(
+                    f"data.split={self.split!r} applies only to data.task modular with one "
+                    f"operation (task {self.task!r}, operations {', '.join(self.operations)})"
+                )
         if self.test_size is not None:
             _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
         _check_zoo_fields(self)

@@ -107,6 +107,11 @@ def continue_config(
     run_dir, step = parse_checkpoint_ref(ref)
     parent = load_run(run_dir)
     parent.weights_at(step)  # fail now, with the available steps, if the checkpoint is missing
+    if parent.has_imported_split:
+        raise ConfigError(
+            f"{run_dir}: trained on an imported split (imported_split.safetensors) that a new "
+            "run cannot train on; continue only from runs whose config gives their split"
+        )
     translated = []
     for ov in overrides:
         key, sep, value = ov.partition("=")

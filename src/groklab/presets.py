@@ -19,7 +19,9 @@ class Preset:
 
 
 def _nanda2023() -> RunConfig:
-    # Nanda et al. 2023: every default of the config classes is this run.
+    # Nanda et al. 2023's setup: every default of the config classes. Not the paper's network:
+    # the split (groklab's shuffle unless data.split="published") and the initial draws
+    # (groklab's generator) differ, so key frequencies and phase timings are this run's own.
     return RunConfig(name="nanda2023")
 
 
@@ -165,8 +167,9 @@ PRESETS: dict[str, Preset] = {
     for p in (
         Preset(
             "nanda2023",
-            "Nanda et al. 2023: 1-layer transformer, (a+b) mod 113, 30% train, full batch, "
-            "AdamW 1e-3 wd 1, 40k steps",
+            "Nanda et al. 2023's setup: 1-layer transformer, (a+b) mod 113, 30% train, full "
+            "batch, AdamW 1e-3 wd 1, 40k steps; groklab's split and init draws "
+            "(--set data.split=published for the paper's split)",
             _nanda2023,
         ),
         Preset(

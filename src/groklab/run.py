@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,14 @@ from groklab.models import HookedModule, build_model
 from groklab.store import (
     CKPT_DIR,
     CONFIG,
+    IMPORTED_SPLIT,
     METRICS,
     checkpoint_name,
     list_checkpoint_steps,
     load_checkpoint,
     read_manifest,
 )
-from groklab.tasks import Task, build_task
+from groklab.tasks import Task, build_task, tensor_hash
 
 __all__ = ["Run", "first_step_at", "load_run", "summarize_metrics"]
 
@@ -93,9 +95,25 @@ class Run:
     def checkpoint_steps(self) -> list[int]:
         return list_checkpoint_steps(self.path)
 
+    @property
+    def has_imported_split(self) -> bool:
+        """The run was imported with the publisher's train/test split (``groklab import``)."""
+        return (self.path / IMPORTED_SPLIT).is_file()
+
     @cached_property
     def task(self) -> Task:
-        return build_task(self.config.data)
+        """The task with the split this run's model was trained on.
+
+        That is the config's split, except for an imported run that records the publisher's
+        split (``imported_split.safetensors``): then train/test are those rows. Every reader
+        of a run — progress measures, LLC, reports — takes its rows from here.
+        """
+        task = build_task(self.config.data)
+        return (
+            _with_imported_split(task, self.path / IMPORTED_SPLIT)
+            if self.has_imported_split
+            else task
+        )
 
     def summary(self) -> dict[str, Any]:
         return summarize_metrics(self.metrics)
@@ -125,6 +143,44 @@ class Run:
                 f"model ({first})"
             ) from None
         return model.to(device).eval()
+
+
+def _with_imported_split(task: Task, path: Path) -> Task:
+    """``task`` with train/test replaced by the rows stored at ``path``."""
+    from safetensors.torch import load as st_load
+
+    from groklab.tasks.modular import problems
+
+    hint = "re-import the run with `groklab import`"
+    try:
+        rows = st_load(path.read_bytes())
+        tr, te = rows["train_rows"].long(), rows["test_rows"].long()
+    except Exception:
+        raise CheckpointError(f"{path}: corrupt imported split; {hint}") from None
+    ops, p = task.info.get("operations", []), int(task.info.get("p", 0))
+    if task.name != "modular" or len(ops) != 1:
+        raise CheckpointError(f"{path}: an imported split needs a single-operation modular run")
+    a, b, c = problems(ops[0], p)
+    n = len(a)
+    if (
+        tr.dim() != 1
+        or te.dim() != 1
+        or any(r.numel() and (r.min() < 0 or r.max() >= n) for r in (tr, te))
+    ):
+        raise CheckpointError(f"{path}: rows outside the {n} problems mod {p}; {hint}")
+    x = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # [problem, a b =]
+    info = dict(task.info)
+    info["train_op"] = torch.zeros(len(tr), dtype=torch.long)
+    info["test_op"] = torch.zeros(len(te), dtype=torch.long)
+    return dataclasses.replace(
+        task,
+        train_x=x[tr],
+        train_y=c[tr].unsqueeze(1),
+        test_x=x[te],
+        test_y=c[te].unsqueeze(1),
+        split_hash=tensor_hash(x[tr], x[te]),
+        info=info,
+    )
 
 
 def load_run(path: str | Path) -> Run:

@@ -50,6 +50,8 @@ MANIFEST = "manifest.json"
 METRICS = "metrics.parquet"
 STATE = "state.safetensors"
 CKPT_DIR = "checkpoints"
+# An imported run's train/test rows into the row-major p × p pairs (``groklab import``).
+IMPORTED_SPLIT = "imported_split.safetensors"
 FORMAT = "groklab-run-1"
 
 

@@ -21,36 +21,34 @@ folder of such files (``<epoch>.pth`` per checkpoint). The config is inferred fr
 (``p = d_vocab − 1``, input ``[a, b, =]``); loss lists become ``metrics.parquet`` rows; a model
 with ``p`` output classes (TransformerLens demo) gets a zero logit column for ``=``, which
 changes no answer-class logit. When the file records the train/test split (``train_indices``
-into the row-major ``p × p`` pairs) or ``--published-split-seed`` rebuilds it, the split is
-stored in ``imported_split.safetensors`` and the analysis scores train/test on it.
+into the row-major ``p × p`` pairs), the split is stored in ``imported_split.safetensors`` and
+:attr:`groklab.run.Run.task` serves it to every analysis; ``--published-split-seed`` instead
+sets ``data.split = "published"`` with that ``data.split_seed``, so the config rebuilds it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pickle
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from groklab.config import DataConfig, ModelConfig, RunConfig, TrainConfig, config_hash
 from groklab.errors import CheckpointError, ConfigError
+from groklab.store import IMPORTED_SPLIT
 
 __all__ = [
     "SPLIT_FILE",
     "ImportResult",
-    "analysis_task",
     "convert_state_dict",
     "import_checkpoint",
-    "published_split",
 ]
 
-SPLIT_FILE = "imported_split.safetensors"
+SPLIT_FILE = IMPORTED_SPLIT
 
 
 @dataclass(frozen=True)
@@ -258,14 +256,6 @@ def _infer_config(
     )
 
 
-def published_split(p: int, train_fraction: float, seed: int) -> torch.Tensor:
-    """Training rows (into the row-major ``p × p`` pairs) of the published code's split:
-    ``random.seed(seed); random.shuffle(pairs); pairs[:int(frac · p²)]``."""
-    idx = list(range(p * p))
-    random.Random(seed).shuffle(idx)
-    return torch.tensor(idx[: int(train_fraction * p * p)], dtype=torch.long)
-
-
 # --------------------------------------------------------------------------- the split
 def _split_tensors(
     p: int, train_rows: torch.Tensor, test_rows: torch.Tensor | None
@@ -278,40 +268,6 @@ def _split_tensors(
         keep[train_rows] = False
         test_rows = torch.nonzero(keep).flatten()
     return {"train_rows": train_rows, "test_rows": test_rows}
-
-
-def analysis_task(run: Any) -> Any:
-    """``run.task``, with the train/test split replaced by an imported one when the run has it.
-
-    An imported run's model was trained on the publisher's split, not on groklab's split of
-    the same size, so train/test and excluded losses must be scored on that split.
-    """
-    task = run.task
-    path = Path(run.path) / SPLIT_FILE
-    if not path.exists():
-        return task
-    try:
-        rows = st_load(path.read_bytes())
-    except Exception:
-        raise CheckpointError(f"{path}: corrupt imported split") from None
-    from groklab.tasks.modular import problems
-
-    op = task.info["operations"][0]
-    p = int(task.info["p"])
-    a, b, c = problems(op, p)
-    x = torch.stack([a, b, torch.full_like(a, p)], dim=1)
-    tr, te = rows["train_rows"], rows["test_rows"]
-    info = dict(task.info)
-    info["train_op"] = torch.zeros(len(tr), dtype=torch.long)
-    info["test_op"] = torch.zeros(len(te), dtype=torch.long)
-    return dataclasses.replace(
-        task,
-        train_x=x[tr],
-        train_y=c[tr].unsqueeze(1),
-        test_x=x[te],
-        test_y=c[te].unsqueeze(1),
-        info=info,
-    )
 
 
 # --------------------------------------------------------------------------- import
@@ -342,6 +298,7 @@ def import_checkpoint(
     """
     from groklab import __version__
     from groklab.models import build_model
+    from groklab.run import load_run
     from groklab.store import RunStore, atomic_write_bytes
     from groklab.tasks import build_task
 
@@ -380,12 +337,8 @@ def import_checkpoint(
     p = int(first["embed.W_E"].shape[0]) - 1
 
     train_rows = hist.get("train_indices")
-    if published_split_seed is not None:
-        if train_rows is not None:
-            raise ConfigError(
-                "--published-split-seed conflicts with the split recorded in the file"
-            )
-        train_rows = published_split(p, train_fraction or 0.3, published_split_seed)
+    if published_split_seed is not None and train_rows is not None:
+        raise ConfigError("--published-split-seed conflicts with the split recorded in the file")
     if train_fraction is None:
         train_fraction = len(train_rows) / (p * p) if train_rows is not None else 0.3
     steps = sorted(converted)
@@ -397,6 +350,11 @@ def import_checkpoint(
         steps=steps[-1],
         act=act,
     )
+    if published_split_seed is not None:  # the config itself rebuilds the published split
+        cfg = dataclasses.replace(
+            cfg,
+            data=dataclasses.replace(cfg.data, split="published", split_seed=published_split_seed),
+        )
     task = build_task(cfg.data)
     if cfg.data.operations[0] in ("mul", "div") and train_rows is not None:
         raise ConfigError("an imported split is only supported for add/sub/quad")
@@ -450,10 +408,13 @@ def import_checkpoint(
         if train_rows is not None:
             split = _split_tensors(p, train_rows, hist.get("test_indices"))
             atomic_write_bytes(store.path / SPLIT_FILE, st_save(split))
-            src_split = (
-                "the file" if published_split_seed is None else f"seed {published_split_seed}"
+            notes.append(f"train/test split from the file stored in {SPLIT_FILE}")
+            task = load_run(store.path).task  # the run's task on that split
+        elif published_split_seed is not None:
+            notes.append(
+                f"train/test split: the published code's shuffle with seed {published_split_seed} "
+                "(data.split='published')"
             )
-            notes.append(f"train/test split from {src_split} stored in {SPLIT_FILE}")
         else:
             notes.append(
                 "no train/test split recorded; the analysis uses groklab's split of the same size "
@@ -469,7 +430,9 @@ def import_checkpoint(
                 "source_format": "/".join(sorted(formats)),
                 "config_hash": chash,
                 "seed": None,
-                "split_hash": task.split_hash if train_rows is None else "imported",
+                "split_hash": task.split_hash,
+                "n_train": task.n_train,
+                "n_test": task.n_test,
                 "final_step": steps[-1],
                 "n_checkpoints": len(steps),
                 "d_vocab": task.d_vocab,

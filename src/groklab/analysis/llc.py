@@ -739,8 +739,10 @@ def _cache_paths(run: Run, key: str) -> tuple[Path, Path, Path]:
     return d / f"{key}.json", d / f"{key}.parquet", d / f"{key}-traces.parquet"
 
 
-def _cache_key(subset_name: str, settings: LLCSettings) -> str:
+def _cache_key(run: Run, subset_name: str, settings: LLCSettings) -> str:
     slug = subset_name.replace("/", "-")
+    if run.has_imported_split:  # sampled on the imported rows: never a cache of another split
+        slug += f"-split{run.task.split_hash[:8]}"
     return f"llc-{slug}-{settings.key()}"
 
 
@@ -757,7 +759,7 @@ def read_cache(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cached rows (one per step) and traces (long format) for these settings and subset."""
     name, _, _ = resolve_subset(run, subset)
-    _, p_rows, p_traces = _cache_paths(run, _cache_key(name, settings))
+    _, p_rows, p_traces = _cache_paths(run, _cache_key(run, name, settings))
     rows = pd.read_parquet(p_rows) if p_rows.exists() else pd.DataFrame({"step": []})
     traces = (
         pd.read_parquet(p_traces)
@@ -832,7 +834,7 @@ def llc_over_checkpoints(
     """
     s = settings or LLCSettings()
     name, rows_idx, _ = resolve_subset(run, subset)
-    key = _cache_key(name, s)
+    key = _cache_key(run, name, s)
     p_json, p_rows, p_traces = _cache_paths(run, key)
     wanted = select_steps(run.checkpoint_steps, every=every, steps=steps)
     cached_rows, _ = (

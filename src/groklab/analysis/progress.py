@@ -47,7 +47,6 @@ import torch
 import torch.nn.functional as F
 
 from groklab.analysis import fourier as fr
-from groklab.analysis.importer import analysis_task
 from groklab.errors import ConfigError
 
 __all__ = [
@@ -410,7 +409,7 @@ def progress_measures(
     if not available:
         raise ConfigError(f"{run.path}: no checkpoints to analyse")
     chosen = select_steps(available, every=every, steps=steps)
-    task = analysis_task(run)
+    task = run.task
     ops = list(ops or task.info.get("operations", []))
     generators = generators or {}
     grids = {op: fr.operation_grid(task, op, generator=generators.get(op)) for op in ops}
@@ -547,7 +546,7 @@ def circuit_snapshot(
     if not steps:
         raise ConfigError(f"{run.path}: no checkpoints to analyse")
     step = steps[-1] if step is None else int(step)
-    grid = fr.operation_grid(analysis_task(run), op, generator=generator)
+    grid = fr.operation_grid(run.task, op, generator=generator)
     basis = fr.fourier_basis(grid.n)
     model = run.model_at(step)
     weights = {k: v.detach() for k, v in model.state_dict().items()}
@@ -682,7 +681,7 @@ def analyze_run(
     if not available:
         raise ConfigError(f"{run.path}: no checkpoints to analyse")
     chosen = select_steps(available, every=every)
-    ops = list(ops or analysis_task(run).info.get("operations", []))
+    ops = list(ops or run.task.info.get("operations", []))
     generators = dict(generators or {})
     options = {
         "every": every,

@@ -99,7 +99,9 @@ def analyze(
     key_freqs: Annotated[
         str | None,
         typer.Option(
-            "--key-freqs", "-k", help="key frequencies, e.g. 14,35,41 (default: final checkpoint's)"
+            "--key-freqs",
+            "-k",
+            help="this run's own key frequencies to use, e.g. 14,35 (default: its final checkpoint's)",
         ),
     ] = None,
     op: Annotated[

@@ -99,6 +99,7 @@ class RunData:
     llc_meta: dict[str, dict[str, Any]] = field(default_factory=dict)
     llc_traces: dict[str, pd.DataFrame] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)
 
 
 def load_run_data(run_dir: Path | str, *, display_path: str | None = None) -> RunData:
@@ -117,6 +118,7 @@ def load_run_data(run_dir: Path | str, *, display_path: str | None = None) -> Ru
         manifest=run.manifest,
         summary=run.summary(),
         metrics=metrics,
+        split=_split_facts(run),
     )
     if len(metrics):
         _load_spikes(data)
@@ -124,6 +126,28 @@ def load_run_data(run_dir: Path | str, *, display_path: str | None = None) -> Ru
     _load_circuit_analysis(run, data)
     _load_llc(run, data)
     return data
+
+
+def _split_facts(run: Any) -> dict[str, Any]:
+    """Train/test sizes and split hash of the split the run's analyses use (``run.task``).
+
+    The manifest has them for trained runs; an imported run's split is read from the run
+    itself, the one place that decides it.
+    """
+    m = run.manifest
+    if run.has_imported_split:
+        t = run.task
+        return {
+            "n_train": t.n_train,
+            "n_test": t.n_test,
+            "split_hash": t.split_hash,
+            "source": "imported",
+        }
+    return {
+        "n_train": m.get("n_train"),
+        "n_test": m.get("n_test"),
+        "split_hash": m.get("split_hash"),
+    }
 
 
 def _load_spikes(data: RunData) -> None:
@@ -360,6 +384,7 @@ def _summary_section(d: RunData) -> Section:
         except ModuleNotFoundError:
             pass
     cfg = d.config
+    sp = d.split or {k: m.get(k) for k in ("n_train", "n_test", "split_hash")}
     facts += [
         ("task", _task_line(cfg)),
         ("model", _model_line(cfg)),
@@ -370,9 +395,12 @@ def _summary_section(d: RunData) -> Section:
         ("parameters", f"{m['n_params']:,}" if m.get("n_params") else None),
         (
             "train / test rows",
-            f"{m.get('n_train', '?'):,} / {m.get('n_test', '?'):,}" if m.get("n_train") else None,
+            f"{sp['n_train']:,} / {sp['n_test']:,}"
+            + (" (imported split)" if sp.get("source") == "imported" else "")
+            if sp.get("n_train")
+            else None,
         ),
-        ("seed / split hash", f"{m.get('seed')} / {m.get('split_hash')}"),
+        ("seed / split hash", f"{m.get('seed')} / {sp.get('split_hash')}"),
         (
             "wall time",
             f"{m['wall_seconds']:.0f} s on {m.get('device')}" if m.get("wall_seconds") else None,
@@ -414,7 +442,10 @@ def _task_line(cfg: Any) -> str:
         if dc.train_size
         else f"{dc.train_fraction:.0%} of pairs for training"
     )
-    return f"{dc.task} p={dc.p}: {ops}{shares}; {size}"
+    split = (
+        f"; the published code's split (seed {dc.split_seed})" if dc.split == "published" else ""
+    )
+    return f"{dc.task} p={dc.p}: {ops}{shares}; {size}{split}"
 
 
 def _model_line(cfg: Any) -> str:

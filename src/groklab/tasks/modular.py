@@ -13,13 +13,15 @@ non-number classes.
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from groklab.config import DataConfig
 from groklab.errors import ConfigError
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
-__all__ = ["OP_SYMBOLS", "build_modular", "modular_label", "problems"]
+__all__ = ["OP_SYMBOLS", "build_modular", "modular_label", "problems", "published_order"]
 
 OP_SYMBOLS = {"add": "+", "sub": "-", "mul": "*", "div": "/", "quad": "q"}
 
@@ -49,6 +51,19 @@ def problems(op: str, p: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
         keep = b != 0
         a, b = a[keep], b[keep]
     return a, b, modular_label(op, a, b, p)
+
+
+def published_order(n: int, seed: int) -> torch.Tensor:
+    """The published progress-measures code's shuffle of ``n`` problems, as indices.
+
+    That code runs ``random.seed(seed); random.shuffle(pairs)`` on the row-major list of
+    ``(a, b)`` pairs and trains on the first ``frac_train`` share. ``random.shuffle`` draws
+    its swaps from the list's length alone, so shuffling ``range(n)`` with a generator in the
+    same state gives the same order without touching Python's global generator.
+    """
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return torch.tensor(order, dtype=torch.long)
 
 
 def _counts(cfg: DataConfig, available: list[int]) -> list[int]:
@@ -106,7 +121,10 @@ def build_modular(cfg: DataConfig) -> Task:
             x = torch.stack([a, torch.full((n,), p + 1 + k), b, torch.full((n,), eq)], dim=1)
         else:
             x = torch.stack([a, b, torch.full((n,), eq)], dim=1)
-        perm = torch.randperm(n, generator=gen)
+        if cfg.split == "published":  # single operation (validated by DataConfig)
+            perm = published_order(n, cfg.split_seed)
+        else:
+            perm = torch.randperm(n, generator=gen)
         opk = torch.full((n,), k)
         tr, te = perm[:n_train], perm[n_train:]
         train_parts.append((x[tr], c[tr], opk[tr]))
