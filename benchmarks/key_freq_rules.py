@@ -19,7 +19,6 @@ import math
 from pathlib import Path
 
 from groklab.analysis import fourier as fr
-from groklab.analysis.importer import analysis_task
 from groklab.analysis.progress import excluded_loss, grid_logits, restricted_loss, split_metrics
 from groklab.run import load_run
 
@@ -30,7 +29,7 @@ def compare(run_dir: Path, step: int | None, ops: list[str] | None, generator: i
     run = load_run(run_dir)
     steps = run.checkpoint_steps
     step = steps[-1] if step is None else step
-    task = analysis_task(run)
+    task = run.task  # the run decides its split (an imported run: its own)
     ops = ops or list(task.info["operations"])
     model = run.model_at(step)
     out: dict = {"run": str(run_dir), "step": step, "ops": {}}
