@@ -606,7 +606,7 @@ def _train(
         model = build_model(cfg.model, task, seed=cfg.train.seed)
         resumable = resume and (store.path / "state.safetensors").exists()
         if init_state is None and cfg.train.init_from is not None and not resumable:
-            from groklab.dcrit import init_weights  # train.init_from = DIR@STEP (ungrokking)
+            from groklab.init_from import init_weights  # train.init_from = DIR@STEP
 
             init_state = init_weights(cfg.train.init_from, model)
         if init_state is not None:
