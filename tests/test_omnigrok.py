@@ -20,7 +20,6 @@ from groklab.analysis.omnigrok import (
     classify,
     delay_summary,
     layer_norms,
-    omnigrok_phase_diagram,
     phase_diagram_figure,
     settle_step,
     study_figures,
@@ -35,6 +34,7 @@ from groklab.config import (
     apply_overrides,
 )
 from groklab.errors import ConfigError
+from groklab.studies.omnigrok import omnigrok_phase_diagram
 from groklab.train.norm import NormConstraint, make_norm_constraint, total_norm
 
 
