@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from groklab import __version__
+from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
 from groklab.errors import CheckpointError, ConfigError
 from groklab.models import build_model
