@@ -148,7 +148,10 @@ def _layer(mod: str) -> tuple[str, int]:
     best: tuple[int, str, int] | None = None
     for name, height, prefixes in LAYERS:
         for p in prefixes:
-            if (mod == p or mod.startswith(p + ".")) and (best is None or len(p) > best[0]):
+            # the package root names only groklab/__init__.py, so a new module with no layer
+            # fails below instead of landing in the API layer
+            inside = mod.startswith(p + ".") and p != PKG
+            if (mod == p or inside) and (best is None or len(p) > best[0]):
                 best = (len(p), name, height)
     assert best is not None, f"{mod}: no layer; add it to LAYERS in {Path(__file__).name}"
     return best[1], best[2]
@@ -243,6 +246,8 @@ def test_no_import_cycles() -> None:
 def test_every_module_has_a_layer() -> None:
     for mod in _modules():
         _layer(mod)
+    with pytest.raises(AssertionError, match="no layer"):
+        _layer("groklab.somewhere_new")
 
 
 @pytest.mark.parametrize(
