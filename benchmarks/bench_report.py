@@ -2,7 +2,7 @@
 
     python3 benchmarks/bench_report.py [--checkpoints 400] [--eval-every 10] [--repeat 3]
 
-The run is synthetic (``groklab.report.synthetic``: no training): 400 checkpoints every 100
+The run is synthetic (``tests/helpers/synthetic.py``: no training): 400 checkpoints every 100
 steps, metrics evaluated every ``--eval-every`` steps (10 = 4,001 rows, ten times denser than
 the canonical run), progress measures and an LLC estimate (with its SGLD traces) at every
 checkpoint, and the final checkpoint's circuit for p = 113 — every section of the report full.
@@ -23,13 +23,18 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from groklab.report import collect, synthetic
-from groklab.report.browser import inspect_page
-from groklab.report.html import write_report
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))  # the test-only helpers
+
+from groklab.report import collect  # noqa: E402
+from groklab.report.html import write_report  # noqa: E402
+from helpers import synthetic  # noqa: E402
+from helpers.browser import inspect_page  # noqa: E402
 
 
 def _plotly_only(path: Path) -> None:

@@ -20,7 +20,6 @@ from groklab.analysis.omnigrok import (
     classify,
     delay_summary,
     layer_norms,
-    omnigrok_phase_diagram,
     phase_diagram_figure,
     settle_step,
     study_figures,
@@ -35,6 +34,7 @@ from groklab.config import (
     apply_overrides,
 )
 from groklab.errors import ConfigError
+from groklab.studies.omnigrok import omnigrok_phase_diagram
 from groklab.train.norm import NormConstraint, make_norm_constraint, total_norm
 
 
@@ -297,7 +297,7 @@ def test_omnigrok_sweep_draws_its_study_figures(tmp_path: Path) -> None:
             "grid": {"model.init_scale": [1.0, 8.0], "data.train_size": [60]},
         }
     )
-    res = sw.run_sweep(spec, tmp_path / "og", progress=False, figures=False)
+    res = sw.run_sweep(spec, tmp_path / "og", progress=False)
     assert res.n_failed == 0
     paths = draw_study_figures(tmp_path / "og")
     assert sorted(p.name for p in paths) == ["curves.png", "phase_diagram.png"]

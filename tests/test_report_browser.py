@@ -11,7 +11,7 @@ import pytest
 
 import groklab
 from groklab.report import build_report
-from groklab.report.browser import find_chromium, inspect_page
+from helpers.browser import find_chromium, inspect_page
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -136,7 +136,7 @@ def test_sweep_report_table_sorts_in_chromium(tmp_path):
 
     from groklab.config import apply_overrides, save_config
     from groklab.presets import get_preset
-    from groklab.report import synthetic
+    from helpers import synthetic
 
     _browser()
     sweep = tmp_path / "sw"

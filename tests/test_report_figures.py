@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from groklab.report import build_report, collect, synthetic
+from groklab.report import build_report, collect
 from groklab.report import figures as F
 from groklab.report.html import (
     ReportError,
@@ -17,6 +17,7 @@ from groklab.report.html import (
     render_html,
     sortable_table,
 )
+from helpers import synthetic
 
 
 def _metrics(n: int = 50, *, every: int = 10) -> pd.DataFrame:

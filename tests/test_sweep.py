@@ -21,6 +21,7 @@ from groklab import sweep as sw
 from groklab.cli import app
 from groklab.errors import ConfigError
 from groklab.store import read_manifest
+from groklab.studies import draw_study_figures
 
 TINY = """
 name = "tiny"
@@ -497,7 +498,7 @@ def test_study_figures_from_a_tiny_multi_op_sweep(tmp_path: Path) -> None:
         }
     )
     out = tmp_path / "mo"
-    res = sw.run_sweep(spec, out, progress=False, figures=False)
+    res = sw.run_sweep(spec, out, progress=False)
     assert res.n_failed == 0
     runs = res.runs.set_index("run")
     assert runs.loc["add=0.30", "share:add"] == pytest.approx(0.3)
@@ -535,7 +536,7 @@ def test_precision_study_runs_the_spike_detector(tmp_path: Path) -> None:
             "grid": {"train.loss_dtype": ["float32", "float64"]},
         }
     )
-    res = sw.run_sweep(spec, tmp_path / "pr", progress=False)
+    res = sw.run_sweep(spec, tmp_path / "pr", progress=False, figures=draw_study_figures)
     assert res.n_failed == 0
     assert {"spikes:n", "spikes:first_step", "spikes:n_test_loss"} <= set(res.runs.columns)
     assert [p.name for p in res.figures] == ["loss_spikes.png"]

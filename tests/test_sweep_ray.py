@@ -31,15 +31,13 @@ SPEC = {
 @pytest.mark.slow  # starts a Ray instance (a few seconds on an idle machine)
 def test_ray_backend_gives_the_local_summary(tmp_path: Path) -> None:
     spec = sw.parse_spec(SPEC)
-    local = sw.run_sweep(spec, tmp_path / "local", workers=1, progress=False, figures=False)
+    local = sw.run_sweep(spec, tmp_path / "local", workers=1, progress=False)
     assert local.n_failed == 0
 
     try:
         # inside the try: a failed start still shuts down the processes it launched
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        res = sw.run_sweep(
-            spec, tmp_path / "ray", backend="ray", workers=2, progress=False, figures=False
-        )
+        res = sw.run_sweep(spec, tmp_path / "ray", backend="ray", workers=2, progress=False)
         assert ray.is_initialized()  # run_many leaves a Ray instance it did not start running
     finally:
         ray.shutdown()

@@ -7,13 +7,13 @@ from collections import Counter
 import pytest
 import torch
 
+from groklab.analysis.induction import induction_scores, induction_scores_from_patterns
 from groklab.config import DataConfig, ModelConfig, OptimConfig, RunConfig, TrainConfig
 from groklab.errors import ConfigError
 from groklab.presets import PRESETS, get_preset
 from groklab.tasks import build_task
 from groklab.tasks.digit_add import EQUALS, PLUS
 from groklab.tasks.max_element import END, START
-from groklab.tasks.repeat_subseq import induction_scores, induction_scores_from_patterns
 from groklab.tasks.sparse_parity import task_frequencies
 
 ZOO = ("digit-add", "repeat-subseq", "max-element", "sparse-parity")
@@ -234,10 +234,10 @@ def test_subtask_learning_orders_subtasks_by_their_drops(tmp_path) -> None:
     import numpy as np
     import pandas as pd
 
+    from groklab.analysis.subtasks import subtask_learning
     from groklab.config import save_config
     from groklab.run import load_run
     from groklab.store import atomic_write_text
-    from groklab.tasks.sparse_parity import subtask_learning
 
     # A run directory whose per-subtask losses drop at known steps: subtask i at 10^(2.5+0.3i),
     # except subtask 3, which never drops.

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from groklab._version import __version__
 from groklab.api import train
 from groklab.config import (
     DataConfig,

@@ -1602,7 +1602,7 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
     only: Sequence[str] = (),
-    figures: bool = True,
+    figures: Callable[[Path], list[Path]] | None = None,
     console: Any = None,
     threads: int | None = None,
 ) -> SweepResult:
@@ -1614,7 +1614,9 @@ def run_sweep(
         sweep_dir: the sweep directory (one run directory per point inside).
         workers, backend, address, progress, threads: see :func:`run_many`.
         only: glob patterns on run names; when given, only matching runs are trained.
-        figures: draw the study's figures at the end.
+        figures: draws the study's figures at the end and returns their paths, given the
+            sweep directory (:func:`groklab.studies.draw_study_figures`; passed in because the
+            studies sit above the engine); None: no figures.
         console: a rich Console for messages (None = quiet).
     """
     sweep_dir = Path(sweep_dir)
@@ -1660,11 +1662,9 @@ def run_sweep(
         _write_sweep_file(sweep_dir, spec, _merge_runs(runs, brs))
     runs_df, points = summarize_sweep(sweep_dir)
     figs: list[Path] = []
-    if figures and spec.study:
-        from groklab.studies import draw_study_figures
-
+    if figures is not None and spec.study:
         try:
-            figs = draw_study_figures(sweep_dir)
+            figs = figures(sweep_dir)
         except ImportError as e:
             if console is not None:
                 console.print(f"figures skipped: {e}", highlight=False)

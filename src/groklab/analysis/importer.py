@@ -296,7 +296,7 @@ def import_checkpoint(
         CheckpointError: unreadable or foreign file, shapes that do not fit a transformer.
         ConfigError / RunExistsError: bad options or a non-empty ``out``.
     """
-    from groklab import __version__
+    from groklab._version import __version__
     from groklab.models import build_model
     from groklab.run import load_run
     from groklab.store import RunStore, atomic_write_bytes

@@ -841,7 +841,7 @@ def llc_over_checkpoints(
         (pd.DataFrame({"step": []}), None) if recompute else read_cache(run, s, subset=subset)
     )
     done = set(int(v) for v in cached_rows["step"]) if len(cached_rows) else set()
-    from groklab import __version__
+    from groklab._version import __version__
 
     meta: dict[str, Any] = {
         "kind": "llc-over-checkpoints",

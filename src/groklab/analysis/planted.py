@@ -322,7 +322,7 @@ def write_planted_run(
     Raises:
         ConfigError: a bad circuit or option. RunExistsError: ``out`` holds something else.
     """
-    from groklab import __version__
+    from groklab._version import __version__
     from groklab.models import build_model
     from groklab.store import RunStore, atomic_write_text
     from groklab.tasks import build_task

@@ -140,6 +140,7 @@ def register(app: typer.Typer) -> None:
         Prints the summary at the end; exit code 1 when some run failed.
         """
         from groklab.errors import GroklabError
+        from groklab.studies import draw_study_figures
         from groklab.sweep import (
             _cores,
             expand,
@@ -183,7 +184,7 @@ def register(app: typer.Typer) -> None:
                 address=address,
                 progress=not quiet,
                 only=only or (),
-                figures=not no_figures,
+                figures=None if no_figures else draw_study_figures,
                 console=console,
                 threads=threads,
             )

@@ -57,7 +57,7 @@ def _task_lines(run: Any) -> list[str]:
     checkpoint, the frequency/learning-step rank correlation of ``sparse-parity``."""
     name = run.task.name
     if name == "repeat-subseq" and run.checkpoint_steps:
-        from groklab.tasks.repeat_subseq import induction_scores
+        from groklab.analysis.induction import induction_scores
 
         step = run.checkpoint_steps[-1]
         s = induction_scores(run.model_at(step), run.task)
@@ -77,7 +77,7 @@ def _task_lines(run: Any) -> list[str]:
     if name == "sparse-parity":
         import numpy as np
 
-        from groklab.tasks.sparse_parity import subtask_learning
+        from groklab.analysis.subtasks import subtask_learning
 
         table, rho = subtask_learning(run)
         learned = int(np.isfinite(table["midpoint"]).sum())

@@ -2,17 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, Protocol
+
 from groklab.config import ModelConfig
 from groklab.errors import ConfigError
 from groklab.models.hooks import HookedModule, HookPoint
 from groklab.models.mlp import MLP
 from groklab.models.transformer import Transformer
-from groklab.tasks.base import Task
 
-__all__ = ["MLP", "HookPoint", "HookedModule", "Transformer", "build_model"]
+__all__ = ["MLP", "DataShape", "HookPoint", "HookedModule", "Transformer", "build_model"]
 
 
-def build_model(cfg: ModelConfig, task: Task, *, seed: int = 0) -> HookedModule:
+class DataShape(Protocol):
+    """What a model is sized from: the sizes of its data and the kind of its inputs.
+
+    A :class:`groklab.tasks.Task` is one; models do not import the tasks package (DESIGN.md,
+    "Layers"): a model is built from sizes, not from a task.
+    """
+
+    @property
+    def name(self) -> str: ...  # named in errors
+
+    @property
+    def d_vocab(self) -> int: ...
+
+    @property
+    def d_vocab_out(self) -> int: ...
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    @property
+    def info(self) -> Mapping[str, Any]: ...  # info["input"] == "dense": float features
+
+
+def build_model(cfg: ModelConfig, task: DataShape, *, seed: int = 0) -> HookedModule:
     """The model ``cfg`` describes, sized for ``task``, initialised from ``seed`` (on CPU)."""
     # Dense (float feature) inputs fit only the dense MLP, and it only fits them.
     dense_task = task.info.get("input") == "dense"
@@ -22,6 +47,4 @@ def build_model(cfg: ModelConfig, task: Task, *, seed: int = 0) -> HookedModule:
         got = f"arch={cfg.arch}" + (f", mlp_input={cfg.mlp_input}" if cfg.arch == "mlp" else "")
         raise ConfigError(f"model: task {task.name!r} needs {want}; got {got}")
     cls = Transformer if cfg.arch == "transformer" else MLP
-    return cls(
-        cfg, d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx, seed=seed
-    )
+    return cls(cfg, d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx, seed=seed)

@@ -10,8 +10,8 @@ Example::
 Modules: :mod:`~groklab.report.figures` (one plotly function per figure, drawing analysis
 outputs only), :mod:`~groklab.report.collect` (reads run/sweep directories and cached
 analysis results into report sections), :mod:`~groklab.report.html` (page assembly and static
-export), :mod:`~groklab.report.browser` (a minimal headless-Chromium driver used to test and
-time reports).
+export). The headless-Chromium driver that tests and times reports is test-only:
+``tests/helpers/browser.py``.
 """
 
 from __future__ import annotations

@@ -316,7 +316,7 @@ def render_html(title: str, sections: Sequence[Section], *, subtitle: str = "") 
     """The whole report page as one string (plotly.js inline)."""
     from plotly.offline import get_plotlyjs
 
-    from groklab import __version__
+    from groklab._version import __version__
 
     nav = "".join(
         f'<a href="#{s.key}"{" class=absent" if s.absent is not None else ""}>'

@@ -26,7 +26,7 @@ import torch
 from groklab.config import DataConfig
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
-__all__ = ["build_sparse_parity", "encode_parity", "subtask_learning", "task_frequencies"]
+__all__ = ["build_sparse_parity", "encode_parity", "task_frequencies"]
 
 _DEFAULTS = {"n_tasks": 100, "n_bits": 50, "parity_k": 3, "zipf_alpha": 1.5, "test_size": 2000}
 
@@ -118,29 +118,3 @@ def build_sparse_parity(cfg: DataConfig) -> Task:
         },
         sampler=sampler if infinite else None,
     )
-
-
-def subtask_learning(run, **kwargs):
-    """When each subtask of a sparse-parity run was learned, against its frequency.
-
-    Args:
-        run: a loaded sparse-parity :class:`~groklab.run.Run`.
-        **kwargs: passed to :func:`groklab.analysis.phase_change.detect_phase_changes`.
-
-    Returns:
-        ``(table, rho)``: a DataFrame with one row per subtask (``subtask``, ``frequency``,
-        ``onset``, ``midpoint``, ``end``; NaN steps for subtasks with no phase change) from
-        the largest drop of ``test/task_i/loss``, and the Spearman correlation between the
-        frequency rank (0 = most frequent) and the midpoint step over subtasks that were
-        learned (positive = more frequent subtasks learned first).
-    """
-    from groklab.analysis.phase_change import phase_change_table, spearman
-
-    info = run.task.info
-    names = info["subset_names"]
-    cols = [f"test/{n}/loss" for n in names]
-    table = phase_change_table(run.metrics, cols, **kwargs)
-    out = table[["onset", "midpoint", "end"]].reset_index(drop=True)
-    out.insert(0, "frequency", info["frequencies"])
-    out.insert(0, "subtask", range(len(names)))
-    return out, spearman(out["subtask"], out["midpoint"])

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from groklab import __version__
+from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
 from groklab.errors import CheckpointError, ConfigError
 from groklab.models import build_model
@@ -606,7 +606,7 @@ def _train(
         model = build_model(cfg.model, task, seed=cfg.train.seed)
         resumable = resume and (store.path / "state.safetensors").exists()
         if init_state is None and cfg.train.init_from is not None and not resumable:
-            from groklab.dcrit import init_weights  # train.init_from = DIR@STEP (ungrokking)
+            from groklab.init_from import init_weights  # train.init_from = DIR@STEP
 
             init_state = init_weights(cfg.train.init_from, model)
         if init_state is not None:

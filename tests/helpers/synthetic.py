@@ -1,6 +1,6 @@
 """Synthetic report inputs: a grokking-shaped run with every analysis output, no training.
 
-Used by the tests of the figure functions and by ``benchmarks/bench_report.py`` to build a
+Test-only. Used by the tests of the figure functions and by ``benchmarks/bench_report.py`` to build a
 full report of a run with many checkpoints in seconds. The numbers only have the *shapes* of
 a grokking run (memorise, plateau, grok; a few key frequencies; neurons clustered by
 frequency; an LLC that rises then falls); they are not a model's.

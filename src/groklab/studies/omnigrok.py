@@ -1,0 +1,108 @@
+"""The omnigrok-phase grid from Python: train (or reuse) every α × training-size cell.
+
+The same grid as the ``omnigrok-phase`` study (``groklab sweep omnigrok-phase``). It trains,
+so it lives with the studies, above the sweep engine that runs the cells; the classification
+and the figures are the analysis in :mod:`groklab.analysis.omnigrok`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from groklab.analysis.omnigrok import PhaseRule, phase_diagram_figure, phase_table
+from groklab.errors import GroklabError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from groklab.config import RunConfig
+
+__all__ = ["omnigrok_phase_diagram"]
+
+
+def _train_in_turn(configs: list[RunConfig], outs: list[Path], *, progress: bool) -> None:
+    """Train each config unless its directory already holds the finished run (resume else)."""
+    from groklab.config import config_hash
+    from groklab.errors import RunExistsError
+    from groklab.run import load_run
+    from groklab.store import CONFIG
+    from groklab.train.loop import run_training
+
+    for cfg, path in zip(configs, outs, strict=True):
+        if not (path / CONFIG).exists():
+            run_training(cfg, path, progress=progress)
+            continue
+        run = load_run(path)
+        if config_hash(run.config) != config_hash(cfg):
+            raise RunExistsError(f"{path}: already holds a different run; use another out")
+        if run.status != "completed":
+            run_training(cfg, path, resume=True, progress=progress)
+
+
+def omnigrok_phase_diagram(
+    base: RunConfig,
+    *,
+    alphas: Sequence[float],
+    train_sizes: Sequence[int],
+    out: str | Path,
+    rule: PhaseRule | None = None,
+    workers: int = 1,
+    figure: bool = True,
+    progress: bool = False,
+) -> pd.DataFrame:
+    """Train (or reuse) every α × training-size cell of ``base`` and classify each run.
+
+    The same grid as the ``omnigrok-phase`` study (``groklab sweep omnigrok-phase``), for use
+    from Python: cell ``(α, n)`` is ``base`` with ``model.init_scale = α`` and
+    ``data.train_size = n``, trained into ``out/alpha<α>-n<n>`` by
+    :func:`groklab.sweep.run_many` (a completed run is reused, an unfinished one resumed).
+    Writes ``out/phase_table.csv`` and, when matplotlib is installed and ``figure`` is set,
+    ``out/phase_diagram.png``.
+
+    Returns:
+        The :func:`phase_table` of all cells.
+
+    Raises:
+        GroklabError: a run failed (the first failure's one-line error).
+    """
+    from groklab.run import load_run
+
+    out = Path(out)
+    configs, outs = [], []
+    for alpha in alphas:
+        for n in train_sizes:
+            name = f"alpha{alpha:g}-n{n}"
+            configs.append(
+                replace(
+                    base,
+                    name=name,
+                    data=replace(base.data, train_size=int(n)),
+                    model=replace(base.model, init_scale=float(alpha)),
+                )
+            )
+            outs.append(out / name)
+    try:
+        from groklab.sweep import run_many
+    except ImportError:  # an install without the sweep module: one run after another
+        run_many = None
+    if run_many is not None:
+        results = run_many(configs, outs, workers=workers, progress=progress, title=base.name)
+        failed = [r for r in results if r["status"] != "completed"]
+        if failed:
+            raise GroklabError(f"{failed[0]['out']}: {failed[0]['status']}: {failed[0]['error']}")
+    else:
+        _train_in_turn(configs, outs, progress=progress)
+    table = phase_table([load_run(o) for o in outs], rule)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "phase_table.csv", index=False)
+    if figure:
+        try:
+            fig = phase_diagram_figure(table, title=f"{base.name}: phases by α and training size")
+        except GroklabError:
+            pass  # matplotlib not installed: the table is the result
+        else:
+            fig.savefig(out / "phase_diagram.png", dpi=120)
+    return table
