@@ -43,6 +43,11 @@ TASKS = ("modular", "digits", "mnist", "digit-add", "repeat-subseq", "max-elemen
 # Generated sequence tasks (groklab.tasks.*): infinite data unless data.train_size is set.
 ZOO_TASKS = ("digit-add", "repeat-subseq", "max-element", "sparse-parity")
 IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
+# Bounds that keep a typo from allocating the machine away: p² problems per operation are
+# built in memory, and seeds feed torch generators (signed 64-bit).
+MAX_P = 2048
+MAX_STEPS = 1_000_000_000
+MAX_SEED = 2**63 - 1
 
 
 def _is_prime(n: int) -> bool:
@@ -104,7 +109,7 @@ def _check_zoo_fields(d: DataConfig) -> None:
     if d.train_subset is not None:
         _check(d.train_subset >= 1, s, "train_subset", d.train_subset, "a positive integer")
     if d.subset_seed is not None:
-        _check(d.subset_seed >= 0, s, "subset_seed", d.subset_seed, ">= 0")
+        _check(0 <= d.subset_seed <= MAX_SEED, s, "subset_seed", d.subset_seed, f"in 0..{MAX_SEED}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         s = "data"
         _choice(s, "task", self.task, TASKS)
-        _check(isinstance(self.p, int) and self.p >= 2, s, "p", self.p, "an integer >= 2")
+        _check(
+            isinstance(self.p, int) and 2 <= self.p <= MAX_P,
+            s,
+            "p",
+            self.p,
+            f"an integer in 2..{MAX_P}",
+        )
         _check(len(self.operations) >= 1, s, "operations", self.operations, "non-empty")
         for op in self.operations:
             _choice(s, "operations", op, OPERATIONS)
@@ -206,7 +217,9 @@ class DataConfig:
         )
         if self.train_size is not None:
             _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
-        _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
+        _check(
+            0 <= self.split_seed <= MAX_SEED, s, "split_seed", self.split_seed, f"in 0..{MAX_SEED}"
+        )
         if self.test_size is not None:
             _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
         _check_zoo_fields(self)
@@ -308,9 +321,7 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, s, "momentum", self.momentum, "in [0, 1)")
         _check(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
         _choice(s, "grokfast", self.grokfast, ("none", "ema", "ma"))
-        _check(
-            0 <= self.grokfast_alpha < 1, s, "grokfast_alpha", self.grokfast_alpha, "in [0, 1)"
-        )
+        _check(0 <= self.grokfast_alpha < 1, s, "grokfast_alpha", self.grokfast_alpha, "in [0, 1)")
         _check(self.grokfast_lambda >= 0, s, "grokfast_lambda", self.grokfast_lambda, ">= 0")
         _check(self.grokfast_window >= 1, s, "grokfast_window", self.grokfast_window, ">= 1")
         if self.fixed_norm is not None:
@@ -361,7 +372,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _check(self.steps >= 1, s, "steps", self.steps, ">= 1")
+        _check(
+            1 <= self.steps <= MAX_STEPS, s, "steps", self.steps, f"an integer in 1..{MAX_STEPS:_}"
+        )
         if self.batch_size is not None:
             _check(self.batch_size >= 1, s, "batch_size", self.batch_size, ">= 1 or none")
         _choice(s, "loss", self.loss, ("cross_entropy", "mse", "stablemax"))
@@ -369,15 +382,13 @@ class TrainConfig:
         _check(self.eval_every >= 1, s, "eval_every", self.eval_every, ">= 1")
         _check(self.checkpoint_every >= 1, s, "checkpoint_every", self.checkpoint_every, ">= 1")
         _check(self.log_checkpoints >= 0, s, "log_checkpoints", self.log_checkpoints, ">= 0")
-        _check(self.seed >= 0, s, "seed", self.seed, ">= 0")
+        _check(0 <= self.seed <= MAX_SEED, s, "seed", self.seed, f"in 0..{MAX_SEED}")
         dev_ok = self.device in ("auto", "cpu", "cuda") or (
             self.device.startswith("cuda:") and self.device[5:].isdigit()
         )
         _check(dev_ok, s, "device", self.device, "auto, cpu, cuda or cuda:N")
         if self.stop_test_acc is not None:
-            _check(
-                0 < self.stop_test_acc <= 1, s, "stop_test_acc", self.stop_test_acc, "in (0, 1]"
-            )
+            _check(0 < self.stop_test_acc <= 1, s, "stop_test_acc", self.stop_test_acc, "in (0, 1]")
         _check(self.stop_patience >= 0, s, "stop_patience", self.stop_patience, ">= 0")
         _check(self.diverge_loss > 0, s, "diverge_loss", self.diverge_loss, "> 0")
         if self.init_from is not None:
@@ -396,9 +407,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(
-            bool(self.name) and "/" not in self.name, "run", "name", self.name, "a plain name"
+        plain = (
+            bool(self.name)
+            and self.name not in (".", "..")
+            and not any(c in self.name for c in "/\\\0")
         )
+        _check(plain, "run", "name", self.name, "a plain name (no / or \\, not . or ..)")
         for sec, cls in (
             ("data", DataConfig),
             ("model", ModelConfig),
@@ -541,6 +555,8 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a config file (binary, not UTF-8 TOML text)") from None
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -592,4 +608,3 @@ def config_hash(cfg: RunConfig) -> str:
     import hashlib
 
     return hashlib.sha256(save_config(cfg).encode()).hexdigest()[:16]
-
