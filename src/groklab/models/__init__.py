@@ -22,6 +22,4 @@ def build_model(cfg: ModelConfig, task: Task, *, seed: int = 0) -> HookedModule:
         got = f"arch={cfg.arch}" + (f", mlp_input={cfg.mlp_input}" if cfg.arch == "mlp" else "")
         raise ConfigError(f"model: task {task.name!r} needs {want}; got {got}")
     cls = Transformer if cfg.arch == "transformer" else MLP
-    return cls(
-        cfg, d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx, seed=seed
-    )
+    return cls(cfg, d_vocab=task.d_vocab, d_vocab_out=task.d_vocab_out, n_ctx=task.n_ctx, seed=seed)
