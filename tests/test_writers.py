@@ -353,3 +353,47 @@ def test_files_get_the_users_umask(tmp_path: Path, umask: int, mode: int) -> Non
         assert stat.S_IMODE((tmp_path / "run" / name).stat().st_mode) == mode, name
     ckpt = tmp_path / "run" / "checkpoints" / "step_000010.safetensors"
     assert stat.S_IMODE(ckpt.stat().st_mode) == mode
+
+
+def test_ungrok_into_a_run_directory_is_refused(work: Path) -> None:
+    before = snapshot(work.parent)
+    result = invoke(
+        "ungrok", "myrun@30", "--sizes", "10,20", "--set", "train.steps=5", "--out", "myrun"
+    )
+    one_line(result, 2, "myrun", "holds a run")
+    assert snapshot(work.parent) == before
+
+
+# ------------------------------------------------------------------ verbatim errors, one path
+
+
+def test_install_hint_reaches_the_user_verbatim(work: Path, monkeypatch) -> None:
+    import groklab.studies
+
+    def no_matplotlib(sweep_dir):
+        raise ImportError("study figures need matplotlib: pip install 'groklab[plot]'")
+
+    monkeypatch.setattr(groklab.studies, "draw_study_figures", no_matplotlib)
+    one_line(invoke("sweep", "figures", "anywhere"), 2, "pip install 'groklab[plot]'")
+
+
+def test_uncaught_groklab_error_is_one_line_through_the_app(work: Path, monkeypatch) -> None:
+    """A command that does not catch GroklabError itself still answers with one line, exit 2,
+    its text verbatim (the app's command group is the one error path)."""
+    import groklab.sweep
+    from groklab.errors import ConfigError
+
+    def broken() -> list[str]:
+        raise ConfigError("studies: [bold]x[/bold] = [values] is not allowed")
+
+    monkeypatch.setattr(groklab.sweep, "list_studies", broken)
+    line = one_line(invoke("sweep", "studies"), 2, "[bold]x[/bold] = [values]")
+    assert line.startswith("error: ")
+
+
+def test_lazy_checkpoint_schedule_is_the_schedule() -> None:
+    for steps, every, n_log in [(250, 100, 0), (1000, 1000, 5), (23, 10, 3), (7, 1, 4)]:
+        lazy = {t for t in range(steps + 2) if loop.is_checkpoint_step(
+            t, steps, every, loop._log_checkpoints(steps, every, n_log)
+        )}  # fmt: skip
+        assert lazy == loop.checkpoint_schedule(steps, every, n_log)
