@@ -397,3 +397,15 @@ def test_lazy_checkpoint_schedule_is_the_schedule() -> None:
             t, steps, every, loop._log_checkpoints(steps, every, n_log)
         )}  # fmt: skip
         assert lazy == loop.checkpoint_schedule(steps, every, n_log)
+
+
+def test_largest_seed_trains_and_reads_back(work: Path) -> None:
+    """Seeds up to 2^63-1 are exact (no float round trip) in overrides and in config.toml."""
+    big = 2**63 - 1
+    result = invoke(
+        "train", "--config", "myrun.toml", "--set", "train.steps=3",
+        "--set", f"train.seed={big}", "--set", f"data.split_seed={big}", "--out", "big", "-q",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    run = load_run(work / "big")
+    assert run.config.train.seed == big and run.config.data.split_seed == big

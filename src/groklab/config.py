@@ -8,6 +8,7 @@ the field and the allowed values.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import types
@@ -492,6 +493,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"{where}={value!r} is not allowed; must be an integer")
+        if isinstance(value, int):
+            return value  # exact: a float round trip would change integers beyond 2^53
+        with contextlib.suppress(ValueError):
+            return int(value)
         try:
             f = float(value)
         except ValueError:
