@@ -495,8 +495,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}={value!r} is not allowed; must be an integer")
         if isinstance(value, int):
             return value  # exact: a float round trip would change integers beyond 2^53
-        with contextlib.suppress(ValueError):
-            return int(value)
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value)
         try:
             f = float(value)
         except ValueError:
