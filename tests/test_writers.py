@@ -103,6 +103,23 @@ BAD_INPUTS = {
         ("train", "--preset", "smoke", "--set", "train.steps=1e12", "-q"),
         ("train.steps", "1..1_000_000_000"),
     ),
+    "test_size_1e12": (
+        ("train", "--preset", "smoke", "--set", "data.test_size=1e12", "-q"),
+        ("data.test_size", "1..16777216"),
+    ),
+    "seq_len_100000": (
+        (
+            "train",
+            "--preset",
+            "smoke",
+            "--set",
+            "data.task=repeat-subseq",
+            "--set",
+            "data.seq_len=100000",
+            "-q",
+        ),
+        ("data.seq_len", "1..4096"),
+    ),
     # 5. error text reaches the user verbatim, brackets included
     "markup_in_value": (
         ("train", "--preset", "smoke", "--set", "data.task=[bold]x[/bold]", "-q"),

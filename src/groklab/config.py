@@ -49,6 +49,9 @@ IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
 MAX_P = 2048
 MAX_STEPS = 1_000_000_000
 MAX_SEED = 2**63 - 1
+MAX_ROWS = 2**24  # train_size, test_size, train_subset: = 2048² problems × 4 operations
+# Generated tasks: the largest value of each size field.
+_ZOO_MAX = {"seq_len": 4096, "n_bits": 4096, "vocab_size": 2**20, "n_tasks": 2**16}
 
 
 def _is_prime(n: int) -> bool:
@@ -96,7 +99,11 @@ def _check_zoo_fields(d: DataConfig) -> None:
         if name == "zipf_alpha":
             _check(math.isfinite(v) and v >= 0, s, name, v, "a finite number >= 0")
         else:
-            _check(v >= 1, s, name, v, "a positive integer")
+            hi = _ZOO_MAX.get(name)
+            if hi is None:
+                _check(v >= 1, s, name, v, "a positive integer")
+            else:
+                _check(1 <= v <= hi, s, name, v, f"an integer in 1..{hi}")
     if d.n_digits is not None:
         _check(d.n_digits <= 30, s, "n_digits", d.n_digits, "in 1..30")
     if d.task == "repeat-subseq":
@@ -108,7 +115,13 @@ def _check_zoo_fields(d: DataConfig) -> None:
         k, n = d.parity_k or 3, d.n_bits or 50
         _check(k <= n, s, "parity_k", k, f"<= n_bits ({n})")
     if d.train_subset is not None:
-        _check(d.train_subset >= 1, s, "train_subset", d.train_subset, "a positive integer")
+        _check(
+            1 <= d.train_subset <= MAX_ROWS,
+            s,
+            "train_subset",
+            d.train_subset,
+            f"an integer in 1..{MAX_ROWS}",
+        )
     if d.subset_seed is not None:
         _check(0 <= d.subset_seed <= MAX_SEED, s, "subset_seed", d.subset_seed, f"in 0..{MAX_SEED}")
 
@@ -217,12 +230,24 @@ class DataConfig:
             "in (0, 1]",
         )
         if self.train_size is not None:
-            _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
+            _check(
+                1 <= self.train_size <= MAX_ROWS,
+                s,
+                "train_size",
+                self.train_size,
+                f"an integer in 1..{MAX_ROWS}",
+            )
         _check(
             0 <= self.split_seed <= MAX_SEED, s, "split_seed", self.split_seed, f"in 0..{MAX_SEED}"
         )
         if self.test_size is not None:
-            _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
+            _check(
+                1 <= self.test_size <= MAX_ROWS,
+                s,
+                "test_size",
+                self.test_size,
+                f"an integer in 1..{MAX_ROWS}",
+            )
         _check_zoo_fields(self)
 
 
