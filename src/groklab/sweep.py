@@ -1664,7 +1664,7 @@ def run_sweep(
             figs = draw_study_figures(sweep_dir)
         except ImportError as e:
             if console is not None:
-                console.print(f"figures skipped: {e}", highlight=False)
+                console.print(f"figures skipped: {e}", highlight=False, markup=False)
     return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
 
 
