@@ -159,12 +159,12 @@ def test_existing_directory_with_a_different_run(cli, tmp_path: Path) -> None:
     line = _one_line_error(result)
     assert "already holds a different run" in line and "run" in line
     assert re.search(r"\((data|model|name|optim|train)\.?\w*:", line), line  # names the field
-    # The same config again: refused too, pointing at --resume.
+    # The same config again: refused too; the run is complete, so nothing is overwritten.
     cfg_path = tmp_path / "cfg.toml"
     cfg_path.write_text(save_config(tiny_config()))
     before = snapshot(tmp_path)
     result = cli("train", "--config", cfg_path, "--out", tmp_path / "run", "-q")
-    assert "--resume" in _one_line_error(result)
+    assert "already holds this run, completed" in _one_line_error(result)
     assert snapshot(tmp_path) == before
 
 
@@ -179,7 +179,7 @@ def test_non_empty_directory_without_a_run(cli, tmp_path: Path) -> None:
 
 @pytest.fixture
 def interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A run killed at step 17 (status failed, state at step 10): a run to --resume."""
+    """A run stopped by Ctrl-C at step 17 (status interrupted, state at step 10)."""
     real = loop.lr_at
 
     def lr_at(t, cfg):
@@ -216,7 +216,7 @@ def test_resume_with_corrupt_or_foreign_state(
     line = _one_line_error(cli("train", "--resume", interrupted_run, "-q"))
     assert "state.safetensors" in line
     assert snapshot(tmp_path) == before
-    assert load_run(interrupted_run).status == "failed"
+    assert load_run(interrupted_run).status == "interrupted"
 
 
 def test_resume_of_a_directory_without_a_run(cli, tmp_path: Path) -> None:

@@ -215,7 +215,7 @@ def test_killed_stack_resumes_to_the_same_end(tmp_path, monkeypatch) -> None:
     outs = [tmp_path / f"k{i}" for i in range(2)]
     with pytest.raises(KeyboardInterrupt):
         train_many(cfgs, outs)
-    assert json.loads((outs[0] / "manifest.json").read_text())["status"] == "failed"
+    assert json.loads((outs[0] / "manifest.json").read_text())["status"] == "interrupted"
     monkeypatch.setattr(loop, "lr_at", real_lr_at)
     resumed = train_many(cfgs, outs, resume=True)
     for a, b in zip(whole, resumed, strict=True):

@@ -60,20 +60,6 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("cli", 9, ("groklab.commands", "groklab.cli")),
 ]
 
-# Known edges being removed elsewhere; nothing else may be added here. (importing package
-# prefix, imported module)
-KNOWN: set[tuple[str, str]] = {
-    # The commands import the console/error helpers from cli.py, which imports the commands:
-    # a cycle. The helpers are moving to a commands helper module (branch h4, issue 16);
-    # remove this entry when that is merged.
-    ("groklab.commands", "groklab.cli"),
-}
-
-
-def _known(e: Edge) -> bool:
-    return any((e.src == src or e.src.startswith(src + ".")) and e.dst == dst for src, dst in KNOWN)
-
-
 @dataclass(frozen=True)
 class Edge:
     src: str  # importing module
@@ -166,8 +152,6 @@ def layer_violations(edges: list[Edge]) -> list[str]:
     out = []
     for e in edges:
         (sname, sh), (dname, dh) = _layer(e.src), _layer(e.dst)
-        if _known(e):
-            continue
         if dh > sh or (dh == sh and dname != sname):
             out.append(f"{e.where}: {e.src} ({sname}) imports {e.dst} ({dname})")
     return list(dict.fromkeys(out))  # one line per import statement and module
@@ -177,7 +161,7 @@ def import_cycles(edges: list[Edge]) -> list[str]:
     """Every strongly connected component of more than one module, with its edges."""
     graph: dict[str, set[str]] = {}
     for e in edges:
-        if not e.type_only and not _known(e):
+        if not e.type_only:
             graph.setdefault(e.src, set()).add(e.dst)
             graph.setdefault(e.dst, set())
     # Tarjan's algorithm, iterative (the graph is small, but recursion limits are not ours)

@@ -87,7 +87,7 @@ def test_resume_after_interrupt_is_bit_identical(
         loop.run_training(cfg, tmp_path / "killed", progress=False)
     monkeypatch.undo()
     killed = load_run(tmp_path / "killed")
-    assert killed.status == "failed"
+    assert killed.status == "interrupted"
     assert killed.checkpoint_steps[-1] == 20
     assert load_checkpoint(tmp_path / "killed" / "state.safetensors")[1]["step"] == "20"
     assert killed.metrics["step"].max() == 25  # rows past the state are dropped on resume

@@ -99,7 +99,7 @@ def test_config_written_before_step_0(tmp_path: Path, monkeypatch: pytest.Monkey
         loop.run_training(cfg, tmp_path / "run", progress=False)
     monkeypatch.setattr(loop, "lr_at", real)
     assert seen == [cfg]
-    assert load_run(tmp_path / "run").manifest["status"] == "failed"
+    assert load_run(tmp_path / "run").manifest["status"] == "interrupted"
     assert "KeyboardInterrupt" in load_run(tmp_path / "run").manifest["error"]
 
 

@@ -1,35 +1,36 @@
 """The ``groklab`` command line (typer).
 
 Bad input (a :class:`~groklab.errors.GroklabError`) is answered with one line on stderr and exit
-code 2; nothing on disk is touched.
+code 2; nothing on disk is touched. Exit codes: 0 completed, 1 a run failed or diverged, 2 bad
+input, 130 interrupted (see :mod:`groklab.commands._common`).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from groklab.commands._common import (
+    EXIT_FAILED,
+    GroklabGroup,
+    console,
+    fail,
+    interrupted,
+    print_error,
+)
 from groklab.errors import GroklabError
 
 app = typer.Typer(
+    cls=GroklabGroup,
     name="groklab",
     help="A laboratory for grokking: train, watch and take apart small networks.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
-
-
-def _fail(msg: str) -> None:
-    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
 
 
 def _fmt(v: object) -> str:
@@ -71,6 +72,26 @@ def _print_summary(run_path: Path, *, report: bool = False) -> None:
         from groklab.commands.report import write_and_print
 
         write_and_print(run_path)
+
+
+def _finish(paths: list[Path], *, report: bool) -> None:
+    """Print each run's summary; exit code 1 when one of them diverged or failed."""
+    from groklab.store import read_manifest
+
+    bad = []
+    for p in paths:
+        _print_summary(p, report=report)
+        m = read_manifest(p)
+        if m.get("status") == "diverged":
+            bad.append(
+                f"{p}: diverged at step {m.get('final_step', '?')} (train loss NaN/inf or above "
+                "train.diverge_loss); its last good checkpoint is kept"
+            )
+        elif m.get("status") == "failed":
+            bad.append(f"{p}: failed ({m.get('error') or 'no error recorded'})")
+    if bad:
+        print_error("; ".join(bad))
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -139,36 +160,42 @@ def train(
     from groklab.train.threads import default_threads
 
     torch.set_num_threads(threads or default_threads())
+    targets: list[Path] = []  # the run directories being written, for the Ctrl-C hint
     try:
         if resume is not None:
             if preset or config or set_ or out or from_checkpoint:
-                _fail(
+                fail(
                     "--resume takes the run's own config; "
                     "drop --preset/--config/--set/--out/--from-checkpoint"
                 )
             run = load_run(resume)
             if run.status == "completed":
-                console.print(f"{resume}: already completed; nothing to do")
-                _print_summary(resume, report=report)
+                console.print(f"{resume}: already completed; nothing to do", markup=False)
+                _finish([resume], report=report)
                 return
+            targets = [resume]
             run_training(run.config, resume, resume=True, progress=not quiet)
-            _print_summary(resume, report=report)
+            _finish(targets, report=report)
             return
         if from_checkpoint is not None:
             from groklab.dcrit import continue_config
 
             if preset or config:
-                _fail("--from-checkpoint takes the parent run's config; drop --preset/--config")
+                fail("--from-checkpoint takes the parent run's config; drop --preset/--config")
             ovs = list(set_ or []) + ([f"train.device={device}"] if device else [])
             cfg = continue_config(from_checkpoint, ovs)
-            path = out or Path("runs") / cfg.name
-            run_training(cfg, path, progress=not quiet)
-            _print_summary(path, report=report)
+            targets = [out or Path("runs") / cfg.name]
+            run_training(cfg, targets[0], progress=not quiet)
+            _finish(targets, report=report)
             return
         if preset and config:
-            _fail("give --preset or --config, not both")
-        cfg = get_preset(preset) if preset else load_config(config) if config else get_preset(
-            "nanda2023"
+            fail("give --preset or --config, not both")
+        cfg = (
+            get_preset(preset)
+            if preset
+            else load_config(config)
+            if config
+            else get_preset("nanda2023")
         )
         overrides = list(set_ or [])
         if device:
@@ -179,22 +206,22 @@ def train(
             from groklab.train.ensemble import parse_seeds, seed_configs, train_many
 
             if seeds is None:
-                _fail("--split-seeds needs --seeds (one train seed per split seed)")
+                fail("--split-seeds needs --seeds (one train seed per split seed)")
             seed_list = parse_seeds(seeds)
             splits = parse_seeds(split_seeds) if split_seeds is not None else None
             cfgs = seed_configs(cfg, seed_list, split_seeds=splits)
-            outs = [path / f"seed{s}" for s in seed_list]
-            train_many(cfgs, outs, progress=not quiet)
-            for o in outs:
-                _print_summary(o, report=report)
+            targets = [path / f"seed{s}" for s in seed_list]
+            train_many(cfgs, targets, progress=not quiet)
+            _finish(targets, report=report)
             return
+        targets = [path]
         run_training(cfg, path, progress=not quiet)
-        _print_summary(path, report=report)
+        _finish(targets, report=report)
     except GroklabError as e:
-        _fail(str(e))
+        fail(e)
     except KeyboardInterrupt:
-        err_console.print("interrupted; continue with `groklab train --resume DIR`")
-        raise typer.Exit(130) from None
+        where = " ".join(str(t) for t in targets) or "DIR"
+        interrupted(f"continue with `groklab train --resume {where}`")
 
 
 @app.command()
@@ -223,7 +250,7 @@ def show(run_dir: Annotated[Path, typer.Argument(help="a run directory")]) -> No
 
         print_phase_changes(run, console)
     except GroklabError as e:
-        _fail(str(e))
+        fail(e)
 
 
 from groklab.commands import register_all  # noqa: E402
@@ -233,11 +260,7 @@ register_all(app)
 
 def main() -> None:
     """Console-script entry point."""
-    try:
-        app()
-    except GroklabError as e:  # pragma: no cover - commands catch their own
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+    app()
 
 
 if __name__ == "__main__":

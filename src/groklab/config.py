@@ -8,6 +8,7 @@ the field and the allowed values.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import types
@@ -44,6 +45,14 @@ TASKS = ("modular", "digits", "mnist", "digit-add", "repeat-subseq", "max-elemen
 ZOO_TASKS = ("digit-add", "repeat-subseq", "max-element", "sparse-parity")
 IMAGE_TASKS = ("digits", "mnist")  # float pixel inputs, for the dense-input MLP
 SPLITS = ("groklab", "published")  # data.split: groklab's torch shuffle or the published one
+# Bounds that keep a typo from allocating the machine away: p² problems per operation are
+# built in memory, and seeds feed torch generators (signed 64-bit).
+MAX_P = 2048
+MAX_STEPS = 1_000_000_000
+MAX_SEED = 2**63 - 1
+MAX_ROWS = 2**24  # train_size, test_size, train_subset: = 2048² problems × 4 operations
+# Generated tasks: the largest value of each size field.
+_ZOO_MAX = {"seq_len": 4096, "n_bits": 4096, "vocab_size": 2**20, "n_tasks": 2**16}
 
 
 def _is_prime(n: int) -> bool:
@@ -91,7 +100,11 @@ def _check_zoo_fields(d: DataConfig) -> None:
         if name == "zipf_alpha":
             _check(math.isfinite(v) and v >= 0, s, name, v, "a finite number >= 0")
         else:
-            _check(v >= 1, s, name, v, "a positive integer")
+            hi = _ZOO_MAX.get(name)
+            if hi is None:
+                _check(v >= 1, s, name, v, "a positive integer")
+            else:
+                _check(1 <= v <= hi, s, name, v, f"an integer in 1..{hi}")
     if d.n_digits is not None:
         _check(d.n_digits <= 30, s, "n_digits", d.n_digits, "in 1..30")
     if d.task == "repeat-subseq":
@@ -103,9 +116,15 @@ def _check_zoo_fields(d: DataConfig) -> None:
         k, n = d.parity_k or 3, d.n_bits or 50
         _check(k <= n, s, "parity_k", k, f"<= n_bits ({n})")
     if d.train_subset is not None:
-        _check(d.train_subset >= 1, s, "train_subset", d.train_subset, "a positive integer")
+        _check(
+            1 <= d.train_subset <= MAX_ROWS,
+            s,
+            "train_subset",
+            d.train_subset,
+            f"an integer in 1..{MAX_ROWS}",
+        )
     if d.subset_seed is not None:
-        _check(d.subset_seed >= 0, s, "subset_seed", d.subset_seed, ">= 0")
+        _check(0 <= d.subset_seed <= MAX_SEED, s, "subset_seed", d.subset_seed, f"in 0..{MAX_SEED}")
 
 
 @dataclass(frozen=True)
@@ -173,7 +192,13 @@ class DataConfig:
     def __post_init__(self) -> None:
         s = "data"
         _choice(s, "task", self.task, TASKS)
-        _check(isinstance(self.p, int) and self.p >= 2, s, "p", self.p, "an integer >= 2")
+        _check(
+            isinstance(self.p, int) and 2 <= self.p <= MAX_P,
+            s,
+            "p",
+            self.p,
+            f"an integer in 2..{MAX_P}",
+        )
         _check(len(self.operations) >= 1, s, "operations", self.operations, "non-empty")
         for op in self.operations:
             _choice(s, "operations", op, OPERATIONS)
@@ -213,8 +238,16 @@ class DataConfig:
             "in (0, 1]",
         )
         if self.train_size is not None:
-            _check(self.train_size >= 1, s, "train_size", self.train_size, "a positive integer")
-        _check(self.split_seed >= 0, s, "split_seed", self.split_seed, ">= 0")
+            _check(
+                1 <= self.train_size <= MAX_ROWS,
+                s,
+                "train_size",
+                self.train_size,
+                f"an integer in 1..{MAX_ROWS}",
+            )
+        _check(
+            0 <= self.split_seed <= MAX_SEED, s, "split_seed", self.split_seed, f"in 0..{MAX_SEED}"
+        )
         if self.split == "groklab":  # the default spelled out: stored as None, same hash
             object.__setattr__(self, "split", None)
         if self.split is not None:
@@ -225,7 +258,13 @@ class DataConfig:
                     f"operation (task {self.task!r}, operations {', '.join(self.operations)})"
                 )
         if self.test_size is not None:
-            _check(self.test_size >= 1, s, "test_size", self.test_size, "a positive integer")
+            _check(
+                1 <= self.test_size <= MAX_ROWS,
+                s,
+                "test_size",
+                self.test_size,
+                f"an integer in 1..{MAX_ROWS}",
+            )
         _check_zoo_fields(self)
 
 
@@ -325,9 +364,7 @@ class OptimConfig:
         _check(0 <= self.momentum < 1, s, "momentum", self.momentum, "in [0, 1)")
         _check(self.warmup_steps >= 0, s, "warmup_steps", self.warmup_steps, ">= 0")
         _choice(s, "grokfast", self.grokfast, ("none", "ema", "ma"))
-        _check(
-            0 <= self.grokfast_alpha < 1, s, "grokfast_alpha", self.grokfast_alpha, "in [0, 1)"
-        )
+        _check(0 <= self.grokfast_alpha < 1, s, "grokfast_alpha", self.grokfast_alpha, "in [0, 1)")
         _check(self.grokfast_lambda >= 0, s, "grokfast_lambda", self.grokfast_lambda, ">= 0")
         _check(self.grokfast_window >= 1, s, "grokfast_window", self.grokfast_window, ">= 1")
         if self.fixed_norm is not None:
@@ -378,7 +415,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         s = "train"
-        _check(self.steps >= 1, s, "steps", self.steps, ">= 1")
+        _check(
+            1 <= self.steps <= MAX_STEPS, s, "steps", self.steps, f"an integer in 1..{MAX_STEPS:_}"
+        )
         if self.batch_size is not None:
             _check(self.batch_size >= 1, s, "batch_size", self.batch_size, ">= 1 or none")
         _choice(s, "loss", self.loss, ("cross_entropy", "mse", "stablemax"))
@@ -386,15 +425,13 @@ class TrainConfig:
         _check(self.eval_every >= 1, s, "eval_every", self.eval_every, ">= 1")
         _check(self.checkpoint_every >= 1, s, "checkpoint_every", self.checkpoint_every, ">= 1")
         _check(self.log_checkpoints >= 0, s, "log_checkpoints", self.log_checkpoints, ">= 0")
-        _check(self.seed >= 0, s, "seed", self.seed, ">= 0")
+        _check(0 <= self.seed <= MAX_SEED, s, "seed", self.seed, f"in 0..{MAX_SEED}")
         dev_ok = self.device in ("auto", "cpu", "cuda") or (
             self.device.startswith("cuda:") and self.device[5:].isdigit()
         )
         _check(dev_ok, s, "device", self.device, "auto, cpu, cuda or cuda:N")
         if self.stop_test_acc is not None:
-            _check(
-                0 < self.stop_test_acc <= 1, s, "stop_test_acc", self.stop_test_acc, "in (0, 1]"
-            )
+            _check(0 < self.stop_test_acc <= 1, s, "stop_test_acc", self.stop_test_acc, "in (0, 1]")
         _check(self.stop_patience >= 0, s, "stop_patience", self.stop_patience, ">= 0")
         _check(self.diverge_loss > 0, s, "diverge_loss", self.diverge_loss, "> 0")
         if self.init_from is not None:
@@ -413,9 +450,12 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
-        _check(
-            bool(self.name) and "/" not in self.name, "run", "name", self.name, "a plain name"
+        plain = (
+            bool(self.name)
+            and self.name not in (".", "..")
+            and not any(c in self.name for c in "/\\\0")
         )
+        _check(plain, "run", "name", self.name, "a plain name (no / or \\, not . or ..)")
         for sec, cls in (
             ("data", DataConfig),
             ("model", ModelConfig),
@@ -495,6 +535,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ConfigError(f"{where}={value!r} is not allowed; must be an integer")
+        if isinstance(value, int):
+            return value  # exact: a float round trip would change integers beyond 2^53
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value)
         try:
             f = float(value)
         except ValueError:
@@ -558,6 +603,8 @@ def load_config(path: str | Path) -> RunConfig:
         text = path.read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a config file (binary, not UTF-8 TOML text)") from None
     try:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -609,4 +656,3 @@ def config_hash(cfg: RunConfig) -> str:
     import hashlib
 
     return hashlib.sha256(save_config(cfg).encode()).hexdigest()[:16]
-

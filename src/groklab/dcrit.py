@@ -261,6 +261,35 @@ class DcritResult:
         return pd.DataFrame(rows)
 
 
+def _validate_sizes(
+    base: RunConfig, sizes: Sequence[int], seeds: Sequence[int], *, size_key: str, seed_key: str
+) -> None:
+    """Check, before anything is trained or created, that the device exists and that every
+    size given (e.g. ``--lo`` and ``--hi``) makes a valid config and task."""
+    from groklab.tasks import build_task
+    from groklab.train.loop import check_device
+
+    check_device(base.train.device)
+    for size in sizes:
+        ovs = [f"{size_key}={size}"] + ([f"{seed_key}={seeds[0]}"] if seeds else [])
+        try:
+            cfg = apply_overrides(base, ovs)
+            build_task(cfg.data)
+        except ConfigError as e:
+            raise ConfigError(f"{size_key}={size}: {e}") from None
+
+
+def _make_folder(out: str | Path, what: str) -> Path:
+    from groklab.store import check_folder_target, storage_error
+
+    path = check_folder_target(out, what=what)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(path, e) from None
+    return path
+
+
 def _point_dir(out: Path, size: int, seed: int) -> Path:
     return out / f"n{size}-s{seed}"
 
@@ -340,9 +369,9 @@ def find_dcrit(
         raise ConfigError(
             "dcrit: points_per_round >= 1, max_rounds >= 0 and rel_tol > 0 are required"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seeds = tuple(int(s) for s in seeds)
+    _validate_sizes(base, [lo, hi], seeds, size_key=size_key, seed_key=seed_key)
+    out = _make_folder(out, "D_crit search")
     extra = []
     # A run continued from a grokked checkpoint starts above the threshold: never stop early.
     if stop_early and base.train.init_from is None:
@@ -436,9 +465,8 @@ def ungrok_curve(
     """
     import pandas as pd
 
-    out = Path(out)
     base_name = continue_config(ref, overrides).name
-    cfgs, outs, keys = [], [], []
+    cfgs, keys = [], []
     for size in sizes:
         for seed in seeds:
             cfg = continue_config(
@@ -447,9 +475,13 @@ def ungrok_curve(
             # The same config (and name) as find_dcrit's runs over a checkpoint's subsets, so
             # a search in the same folder reuses these runs.
             cfgs.append(replace(cfg, name=f"{base_name}-n{size}-s{seed}"))
-            outs.append(_point_dir(out, size, seed))
             keys.append((size, seed))
-    out.mkdir(parents=True, exist_ok=True)
+    if cfgs:
+        from groklab.train.loop import check_device
+
+        check_device(cfgs[0].train.device)
+    out = _make_folder(out, "ungrokking folder")
+    outs = [_point_dir(out, size, seed) for size, seed in keys]
     _execute(
         cfgs, outs, workers=workers, run_many=run_many, progress=progress, title=f"ungrok {ref}"
     )
@@ -468,5 +500,7 @@ def ungrok_curve(
             }
         )
     table = pd.DataFrame(rows).sort_values(["size", "seed"]).reset_index(drop=True)
-    table.to_csv(out / "ungrok.csv", index=False)
+    from groklab.store import atomic_write_text
+
+    atomic_write_text(out / "ungrok.csv", table.to_csv(index=False))
     return table

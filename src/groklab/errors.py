@@ -1,6 +1,7 @@
 """Typed exceptions. Every one carries a one-line message naming the bad field or file.
 
-The CLI turns any :class:`GroklabError` into that one line on stderr and exit code 2.
+The CLI turns any :class:`GroklabError` into that one line on stderr and its ``exit_code``:
+2 for bad input, 1 for a failure of the machine (a full disk) rather than of the input.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ __all__ = [
     "RunExistsError",
     "RunLockedError",
     "RunNotFoundError",
+    "StorageError",
 ]
 
 
 class GroklabError(Exception):
     """Base class: bad input answered with one line and no damage on disk."""
+
+    exit_code = 2
 
 
 class ConfigError(GroklabError, ValueError):
@@ -37,3 +41,9 @@ class RunLockedError(GroklabError):
 
 class RunNotFoundError(GroklabError):
     """The path is not a groklab run directory."""
+
+
+class StorageError(GroklabError):
+    """A file could not be written (a full disk or quota); what was saved before is intact."""
+
+    exit_code = 1

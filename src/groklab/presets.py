@@ -249,6 +249,4 @@ def get_preset(name: str) -> RunConfig:
     try:
         return PRESETS[name].build()
     except KeyError:
-        raise ConfigError(
-            f"preset {name!r} is unknown; allowed: {', '.join(PRESETS)}"
-        ) from None
+        raise ConfigError(f"preset {name!r} is unknown; allowed: {', '.join(PRESETS)}") from None

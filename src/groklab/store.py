@@ -18,6 +18,7 @@ into place, so a killed process never leaves a half-written file under a real na
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -33,16 +34,28 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from groklab.config import RunConfig, config_to_dict, load_config, save_config
-from groklab.errors import CheckpointError, RunExistsError, RunLockedError, RunNotFoundError
+from groklab.errors import (
+    CheckpointError,
+    RunExistsError,
+    RunLockedError,
+    RunNotFoundError,
+    StorageError,
+)
 
 __all__ = [
     "RunStore",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_folder_target",
+    "check_new_run_dir",
     "checkpoint_name",
+    "file_mode",
     "list_checkpoint_steps",
     "load_checkpoint",
+    "lock_holder",
     "read_manifest",
+    "resolve_target",
+    "storage_error",
 ]
 
 CONFIG = "config.toml"
@@ -55,20 +68,55 @@ IMPORTED_SPLIT = "imported_split.safetensors"
 FORMAT = "groklab-run-1"
 
 
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def storage_error(path: Path, e: OSError) -> StorageError | OSError:
+    """A full disk or quota while writing ``path`` as a one-line :class:`StorageError`; any
+    other OSError unchanged."""
+    if e.errno in _DISK_FULL:
+        return StorageError(
+            f"{path}: cannot write ({e.strerror or os.strerror(e.errno)}); files saved before "
+            "are unchanged; free some space and run the command again"
+        )
+    return e
+
+
+def file_mode() -> int:
+    """The mode a new file gets under the process umask (``0o666 & ~umask``)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same folder, fsync, rename).
+
+    The file gets the user's umask (not ``mkstemp``'s 0600). A full disk raises a one-line
+    :class:`~groklab.errors.StorageError` and leaves the file already at ``path`` as it was.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise storage_error(path, e) from None
+    try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in _DISK_FULL:
+            raise storage_error(path, e) from None
         raise
 
 
@@ -136,6 +184,113 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") ->
     return None
 
 
+def resolve_target(path: str | Path) -> Path:
+    """The absolute directory a writer of ``path`` would write: ``..`` and symlinks resolved
+    the way creating it would resolve them (``typo/../run`` is ``./run``)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
+def lock_holder(run_dir: Path) -> int | None:
+    """The pid of the process holding ``run_dir``'s writer lock, or None (free or unknown).
+
+    Read from /proc/locks, so asking never takes the lock (which could make a starting
+    writer fail its own non-blocking lock) and never writes to the directory.
+    """
+    try:
+        st = (Path(run_dir) / ".lock").stat()
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] != "->" and parts[5] == dev:
+            with contextlib.suppress(ValueError):
+                return int(parts[4])
+    return None
+
+
+def _locked_error(path: Path) -> RunLockedError:
+    pid = lock_holder(path)
+    who = f"another process (pid {pid})" if pid is not None else "another process"
+    return RunLockedError(
+        f"{path}: the run is being written by {who}, which holds {path / '.lock'}; wait for "
+        "it to finish or stop it "
+        "(a stopped run continues with `groklab train --resume DIR`)"
+    )
+
+
+def check_new_run_dir(path: str | Path, config: RunConfig) -> Path:
+    """The writer rule for a new run: resolve ``path`` and refuse a directory that holds a run
+    (live, completed, same or different), a file, or unrelated files. Creates nothing.
+
+    Returns:
+        The resolved directory to create the run in.
+
+    Raises:
+        RunLockedError: another process is writing a run there (with its pid when known).
+        RunExistsError: anything else already there; the message says what to do instead.
+    """
+    given = Path(path)
+    path = resolve_target(given)
+    where = str(given) if given.is_absolute() or str(given) == str(path) else f"{given} ({path})"
+    if path.exists() and not path.is_dir():
+        raise RunExistsError(f"{where}: exists and is not a directory; choose another --out")
+    if not path.is_dir():
+        return path
+    if lock_holder(path) is not None:
+        raise _locked_error(path)
+    entries = [e for e in path.iterdir() if e.name != ".lock"]
+    if (path / CONFIG).exists():
+        try:
+            old = config_to_dict(load_config(path / CONFIG))
+        except Exception:
+            old = None
+        new = config_to_dict(config)
+        if old == new:
+            if read_manifest(path).get("status") == "completed":
+                raise RunExistsError(
+                    f"{where}: already holds this run, completed; nothing is overwritten; "
+                    "choose another --out to train it again"
+                )
+            raise RunExistsError(
+                f"{where}: already holds this run; continue it with "
+                f"`groklab train --resume {path}` or choose another --out"
+            )
+        diff = _first_difference(old, new) if old is not None else "unreadable config"
+        raise RunExistsError(
+            f"{where}: already holds a different run ({diff}); choose another --out"
+        )
+    if entries:
+        raise RunExistsError(
+            f"{where}: directory is not empty and holds no groklab run; "
+            "choose an empty or new --out"
+        )
+    return path
+
+
+def check_folder_target(path: str | Path, *, what: str) -> Path:
+    """The writer rule for a folder of runs (a sweep, a D_crit search): resolve ``path`` and
+    refuse a file or a directory that holds a run itself. Creates nothing.
+
+    Returns:
+        The resolved folder.
+
+    Raises:
+        RunExistsError: ``path`` is a file or a run directory.
+    """
+    given = Path(path)
+    path = resolve_target(given)
+    where = str(given) if given.is_absolute() or str(given) == str(path) else f"{given} ({path})"
+    if path.exists() and not path.is_dir():
+        raise RunExistsError(f"{where}: exists and is not a directory; choose another --out")
+    if (path / CONFIG).exists() or (path / MANIFEST).exists():
+        raise RunExistsError(
+            f"{where}: holds a run, not a {what}; nothing is overwritten; choose another --out"
+        )
+    return path
+
+
 class RunStore:
     """Writer handle on one run directory; holds an exclusive lock while open."""
 
@@ -146,53 +301,43 @@ class RunStore:
     # ----------------------------------------------------------------- opening
     @staticmethod
     def _lock(path: Path) -> int:
-        fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise storage_error(path / ".lock", e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunLockedError(
-                f"{path}: another process is writing this run (lock {path / '.lock'} is held)"
-            ) from None
+            raise _locked_error(path) from None
         return fd
 
     @classmethod
     def create(cls, path: str | Path, config: RunConfig) -> RunStore:
-        """Open a new run directory for ``config``; refuses one holding anything else.
+        """Open a new run directory for ``config`` (see :func:`check_new_run_dir`).
 
         Raises:
             RunExistsError: the directory holds a run (same or different config) or
                 unrelated files. Nothing in it is touched.
             RunLockedError: another process writes there.
+            StorageError: the disk is full.
         """
-        path = Path(path)
-        if path.exists() and not path.is_dir():
-            raise RunExistsError(f"{path}: exists and is not a directory")
-        if path.is_dir():
-            entries = [e for e in path.iterdir() if e.name != ".lock"]
-            if (path / CONFIG).exists():
-                try:
-                    old = config_to_dict(load_config(path / CONFIG))
-                except Exception:
-                    old = None
-                new = config_to_dict(config)
-                if old == new:
-                    raise RunExistsError(
-                        f"{path}: already holds this run; continue it with "
-                        f"`groklab train --resume {path}` or choose another --out"
-                    )
-                diff = _first_difference(old, new) if old is not None else "unreadable config"
-                raise RunExistsError(
-                    f"{path}: already holds a different run ({diff}); choose another --out"
-                )
-            if entries:
-                raise RunExistsError(
-                    f"{path}: directory is not empty and holds no groklab run; "
-                    "choose an empty or new --out"
-                )
-        path.mkdir(parents=True, exist_ok=True)
+        path = check_new_run_dir(path, config)
+        new = not path.exists()
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise storage_error(path, e) from None
         store = cls(path, cls._lock(path))
-        atomic_write_text(path / CONFIG, save_config(config))
+        try:
+            atomic_write_text(path / CONFIG, save_config(config))
+        except BaseException:
+            store.close()
+            if new:  # leave no half-made run behind (e.g. the disk was full)
+                with contextlib.suppress(OSError):
+                    (path / ".lock").unlink()
+                    path.rmdir()
+            raise
         return store
 
     @classmethod

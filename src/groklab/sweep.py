@@ -65,7 +65,7 @@ from groklab.config import (
     config_to_dict,
     load_config,
 )
-from groklab.errors import ConfigError, GroklabError
+from groklab.errors import ConfigError, GroklabError, RunExistsError
 from groklab.store import CONFIG, METRICS, atomic_write_text, read_manifest
 
 if sys.version_info >= (3, 11):
@@ -352,8 +352,25 @@ def parse_spec(
     """Validate a TOML-shaped sweep spec dict into a :class:`SweepSpec`.
 
     Every grid value and point is applied to the base config once here, so a bad key or value
-    is reported before any run starts.
+    is reported before any run starts; every error names the spec (``where``).
     """
+    try:
+        return _parse_spec(d, where=where, base_dir=base_dir)
+    except ConfigError as e:
+        if str(e).startswith(f"{where}:"):
+            raise
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def _in_spec(what: str, cfg: RunConfig, key: str, value: Any) -> RunConfig:
+    """``_set_native`` with the spec entry that asked for it named in the error."""
+    try:
+        return _set_native(cfg, key, value)
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> SweepSpec:
     from groklab.presets import get_preset
 
     unknown = sorted(set(d) - _SPEC_KEYS)
@@ -362,7 +379,7 @@ def parse_spec(
             f"{where}: unknown key {unknown[0]!r}; allowed: {', '.join(sorted(_SPEC_KEYS))}"
         )
     name = str(d.get("name") or "sweep")
-    if not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", name) or name in (".", ".."):
         raise ConfigError(f"{where}: name={name!r} is not allowed; use letters, digits, . _ + -")
     if "preset" in d and "config" in d:
         raise ConfigError(f"{where}: give preset or config, not both")
@@ -402,7 +419,7 @@ def parse_spec(
         if seeds is not None and k in seed_keys:
             raise ConfigError(f"{where}: grid.{k} is also set by seeds; drop one")
         for v in vals:
-            _set_native(base, k, v)  # validates key and value now
+            _in_spec(f"grid.{k}", base, k, v)  # validates key and value now
         grid.append((str(k), tuple(vals)))
 
     points = []
@@ -415,7 +432,7 @@ def parse_spec(
         for k, v in ovs:
             if any(k == g for g, _ in grid):
                 raise ConfigError(f"{where}: points[{i}] sets {k}, which the grid also sweeps")
-            cfg = _set_native(cfg, k, v)
+            cfg = _in_spec(f"points[{i}]", cfg, k, v)
         points.append(SweepPoint(ovs, None if label is None else str(label)))
 
     analyses = tuple(str(a) for a in _as_list(d.get("analyses", []), f"{where}: analyses"))
@@ -449,8 +466,8 @@ def parse_spec(
         if not (isinstance(lo, int | float) and isinstance(hi, int | float) and lo < hi):
             raise ConfigError(f"{where}: bisect.lo={lo!r}, hi={hi!r}; need numbers with lo < hi")
         key = str(b["key"])
-        _set_native(base, key, lo)
-        _set_native(base, key, hi)
+        _in_spec("bisect.lo", base, key, lo)
+        _in_spec("bisect.hi", base, key, hi)
         default_tol = 1 if key == "data.train_size" else (hi - lo) / 16
         tol = b.get("tol", default_tol)
         if not (isinstance(tol, int | float) and tol > 0):
@@ -524,6 +541,10 @@ def load_spec(
         d = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{p}: not valid TOML ({e})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a sweep spec (binary, not UTF-8 TOML text)") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read sweep spec ({e.strerror})") from None
     if sets:
         d["set"] = [*_as_list(d.get("set", []), f"{p}: set"), *sets]
     if seeds is not None:
@@ -866,9 +887,11 @@ class _Display:
                 self.skipped += 1
         if self.enabled:
             if res["status"] not in DONE_STATUSES:
-                self.bar.console.print(
-                    f"[red]failed[/] {self.labels[i]}: {res['error']}", highlight=False
-                )
+                from rich.text import Text
+
+                line = Text("failed ", style="red")
+                line.append(f"{self.labels[i]}: {res['error']}")
+                self.bar.console.print(line, highlight=False)
             self._refresh()
 
     def _running(self) -> dict[int, tuple[int, int]]:
@@ -1619,13 +1642,30 @@ def run_sweep(
             studies sit above the engine); None: no figures.
         console: a rich Console for messages (None = quiet).
     """
-    sweep_dir = Path(sweep_dir)
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    from groklab.store import check_folder_target, storage_error
+    from groklab.train.loop import check_device
+
+    given = Path(sweep_dir)
+    sweep_dir = check_folder_target(given, what="sweep")
+    if (sweep_dir / SWEEP_FILE).exists():
+        with contextlib.suppress(ConfigError):
+            other = _read_sweep(sweep_dir).get("name")
+            if other is not None and other != spec.name:
+                raise RunExistsError(
+                    f"{given}: holds the sweep {other!r}, not {spec.name!r}; nothing is "
+                    "overwritten; choose another --out"
+                )
     runs = expand(spec)
     if only:
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pat) for pat in only)]
         if not runs:
             raise ConfigError(f"--only {' '.join(only)} matches no run of this sweep")
+    for device in sorted({r.config.train.device for r in runs}):
+        check_device(device)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(sweep_dir, e) from None
     prior: list[SweepRun] = []
     with contextlib.suppress(ConfigError, KeyError):
         # keep earlier bisection runs listed (their directories are still there)
@@ -1667,7 +1707,7 @@ def run_sweep(
             figs = figures(sweep_dir)
         except ImportError as e:
             if console is not None:
-                console.print(f"figures skipped: {e}", highlight=False)
+                console.print(f"figures skipped: {e}", highlight=False, markup=False)
     return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
 
 
@@ -1714,7 +1754,7 @@ def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
         status = m.get("status")
         if status is None:
             status = "pending" if not (out / CONFIG).exists() else "running"
-        if status == "running" and _lock_held(out) is False:
+        if (status == "running" and _lock_held(out) is False) or status == "interrupted":
             status = "stopped"
         if _foreign(m, e):
             status = "failed"

@@ -124,7 +124,7 @@ def analyze(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from groklab.analysis.progress import analyze_run
-    from groklab.cli import _fail
+    from groklab.commands._common import fail as _fail
     from groklab.errors import GroklabError
     from groklab.run import load_run
 
@@ -169,7 +169,7 @@ def analyze(
             written = save_figures(figs, Path(run_dir) / "figures")
         _print_summary(run, result, written, console)
     except GroklabError as e:
-        _fail(str(e))
+        _fail(e)
 
 
 def import_(
@@ -201,7 +201,7 @@ def import_(
     from rich.console import Console
 
     from groklab.analysis.importer import import_checkpoint
-    from groklab.cli import _fail
+    from groklab.commands._common import fail as _fail
     from groklab.errors import GroklabError
 
     try:
@@ -214,7 +214,7 @@ def import_(
             act=act,
         )
     except GroklabError as e:
-        _fail(str(e))
+        _fail(e)
         return
     c = Console()
     c.print(

@@ -10,6 +10,7 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from groklab.commands._common import fail as _fail
 from groklab.errors import GroklabError
 
 __all__ = ["register"]
@@ -30,12 +31,6 @@ app = typer.Typer(
     help="Local learning coefficient: `groklab llc DIR` over checkpoints, "
     "`groklab llc calibrate DIR --step S` to choose the sampler settings.",
 )
-
-
-def _fail(msg: str) -> None:
-    from groklab.cli import _fail as fail
-
-    fail(msg)
 
 
 def _floats(text: str, name: str) -> list[float]:
@@ -135,7 +130,7 @@ def run_cmd(
     from rich.table import Table
 
     from groklab.analysis import llc
-    from groklab.cli import console, err_console
+    from groklab.commands._common import console, err_console
     from groklab.run import load_run
 
     try:
@@ -235,7 +230,7 @@ def run_cmd(
         )
         console.print(f"figure: {png}\ncache: {run.path / llc.LLC_DIR}", highlight=False)
     except GroklabError as e:
-        _fail(str(e))
+        _fail(e)
 
 
 def _over_checkpoints(
@@ -258,7 +253,7 @@ def _over_checkpoints(
     )
 
     from groklab.analysis import llc
-    from groklab.cli import err_console
+    from groklab.commands._common import err_console
 
     with Progress(
         TextColumn(f"[bold]LLC {name}"),
@@ -371,7 +366,7 @@ def calibrate_cmd(
 
     from groklab.analysis import llc
     from groklab.analysis.llc_figures import plot_calibration
-    from groklab.cli import console
+    from groklab.commands._common import console
     from groklab.run import load_run
 
     try:
@@ -448,7 +443,7 @@ def calibrate_cmd(
             )
         console.print(f"figure: {png}", highlight=False)
     except GroklabError as e:
-        _fail(str(e))
+        _fail(e)
 
 
 def register(root: typer.Typer) -> None:

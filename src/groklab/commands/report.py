@@ -16,7 +16,7 @@ def write_and_print(path: Path, *, static: bool = True, formats: str = "png,svg"
     Raises:
         GroklabError: ``path`` is not a run or sweep directory, or a dependency is missing.
     """
-    from groklab.cli import console, err_console
+    from groklab.commands._common import console, print_error
     from groklab.errors import GroklabError
     from groklab.report import build_report
 
@@ -44,7 +44,7 @@ def write_and_print(path: Path, *, static: bool = True, formats: str = "png,svg"
             f"figures: {len(res['figures'])} files in {res['figures'][0].parent}", highlight=False
         )
     if res["static_error"]:
-        err_console.print(f"[yellow]warning:[/] {res['static_error']}", highlight=False)
+        print_error(res["static_error"], prefix="warning: ", style="yellow")
     html = Path(res["html"])
     console.print(f"report: {html}", highlight=False, soft_wrap=True)
     return html
@@ -70,10 +70,10 @@ def register(app: typer.Typer) -> None:
         Sections whose analysis has not been run are marked absent, with the command that
         produces them (groklab analyze / groklab llc).
         """
-        from groklab.cli import _fail
+        from groklab.commands._common import fail as _fail
         from groklab.errors import GroklabError
 
         try:
             write_and_print(directory, static=static, formats=formats)
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)

@@ -13,6 +13,9 @@ import click
 import typer
 from typer.core import TyperGroup
 
+from groklab.commands._common import EXIT_FAILED, console, err_console, print_error
+from groklab.commands._common import fail as _fail
+
 __all__ = ["register"]
 
 
@@ -26,15 +29,7 @@ class _RunByDefault(TyperGroup):
 
 
 def _console() -> tuple[Any, Any]:
-    from groklab.cli import console, err_console
-
     return console, err_console
-
-
-def _fail(msg: str) -> None:
-    from groklab.cli import _fail as fail
-
-    fail(msg)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -137,7 +132,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train every run of SPEC, skipping completed runs and resuming killed ones.
 
-        Prints the summary at the end; exit code 1 when some run failed.
+        Prints the summary at the end; exit code 1 when some run failed or diverged.
         """
         from groklab.errors import GroklabError
         from groklab.studies import draw_study_figures
@@ -189,7 +184,7 @@ def register(app: typer.Typer) -> None:
                 threads=threads,
             )
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)
             return
         except KeyboardInterrupt:
             err_console.print("interrupted; run the same command again to resume the sweep")
@@ -210,8 +205,10 @@ def register(app: typer.Typer) -> None:
             )
             console.print(f"bisection: {msg}", highlight=False)
         for r in res.results:
-            if r["status"] not in ("completed", "diverged"):
-                err_console.print(f"failed: {r['out']}: {r['error']}", highlight=False)
+            if r["status"] == "diverged":
+                print_error(f"{r['out']}", prefix="diverged: ", style="yellow")
+            elif r["status"] != "completed":
+                print_error(f"{r['out']}: {r['error']}", prefix="failed: ")
         for f in res.figures:
             console.print(f"figure: {f}", highlight=False)
         console.print(
@@ -219,8 +216,8 @@ def register(app: typer.Typer) -> None:
             f"{sweep_dir / 'points.parquet'} (per point)",
             highlight=False,
         )
-        if res.n_failed:
-            raise typer.Exit(1)
+        if res.n_failed or any(r["status"] == "diverged" for r in res.results):
+            raise typer.Exit(EXIT_FAILED)  # a run failed or diverged
 
     @sweep_app.command("status")
     def status(
@@ -268,7 +265,7 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)
 
     @sweep_app.command("figures")
     def figures(
@@ -282,10 +279,10 @@ def register(app: typer.Typer) -> None:
         try:
             paths = draw_study_figures(sweep_dir)
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)
             return
         except ImportError as e:
-            _fail(str(e))
+            _fail(e)
             return
         except FileNotFoundError:
             _fail(f"{sweep_dir}: not a sweep directory (no sweep.json)")

@@ -151,7 +151,8 @@ def register(app: typer.Typer) -> None:
         """Critical data size: bisect (log scale) the training-set size between runs that
         only memorise and runs that generalise within the step budget, several seeds per size.
         Re-running the same command continues a killed search."""
-        from groklab.cli import _fail, console
+        from groklab.commands._common import console
+        from groklab.commands._common import fail as _fail
         from groklab.config import apply_overrides, load_config
         from groklab.dcrit import continue_config, find_dcrit, parse_checkpoint_ref
         from groklab.errors import GroklabError
@@ -195,7 +196,7 @@ def register(app: typer.Typer) -> None:
                 on_round=report,
             )
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)
             return
         console.print(res.table().to_string(index=False), highlight=False, markup=False)
         budget = f"budget {res.steps} steps, {len(res.seeds)} seeds, threshold {threshold:.0%}"
@@ -229,7 +230,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Ungrokking / semi-grokking: continue a grokked checkpoint on random subsets of its
         own training data of each size; final test accuracy versus size."""
-        from groklab.cli import _fail, console
+        from groklab.commands._common import console
+        from groklab.commands._common import fail as _fail
         from groklab.dcrit import parse_checkpoint_ref, ungrok_curve
         from groklab.errors import GroklabError
 
@@ -250,7 +252,7 @@ def register(app: typer.Typer) -> None:
                 workers=workers,
             )
         except GroklabError as e:
-            _fail(str(e))
+            _fail(e)
             return
         summary = table.groupby("size")[["test_acc", "train_acc"]].agg(["mean", "min", "max"])
         console.print(summary.to_string(), highlight=False, markup=False)

@@ -73,9 +73,7 @@ class MLP(HookedModule):
         self.unembed.b_U = _uniform(gen, d_vocab_out, fan_in=cfg.d_mlp, scale=s)
         self.act = F.relu if cfg.act == "relu" else F.gelu
         if self.concat:
-            self.register_buffer(
-                "offsets", torch.arange(n_ctx) * d_vocab, persistent=False
-            )
+            self.register_buffer("offsets", torch.arange(n_ctx) * d_vocab, persistent=False)
 
     def forward(self, tokens: torch.Tensor, *, n_scored: int | None = None) -> torch.Tensor:
         """Logits ``[batch, 1, d_vocab_out]`` (an MLP has one output position).

@@ -24,6 +24,7 @@ ends bit-identical on CPU.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -39,15 +40,22 @@ import torch
 
 from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
-from groklab.errors import CheckpointError, ConfigError
+from groklab.errors import CheckpointError, ConfigError, GroklabError
 from groklab.models import build_model
-from groklab.store import RunStore, load_checkpoint, read_manifest
+from groklab.store import RunStore, check_new_run_dir, load_checkpoint, read_manifest
 from groklab.tasks import Task, build_task
 from groklab.train.losses import token_losses
 from groklab.train.norm import make_norm_constraint
 from groklab.train.optim import lr_at, make_grad_filter, make_optimizer
 
-__all__ = ["checkpoint_schedule", "resolve_device", "run_training", "train_stack"]
+__all__ = [
+    "check_device",
+    "checkpoint_schedule",
+    "is_checkpoint_step",
+    "resolve_device",
+    "run_training",
+    "train_stack",
+]
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
@@ -59,14 +67,49 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def checkpoint_schedule(steps: int, every: int, n_log: int) -> set[int]:
-    """Steps to checkpoint: 0, every ``every``, the last, plus ``n_log`` log-spaced early ones."""
-    sched = set(range(0, steps + 1, every)) | {steps}
+def check_device(name: str) -> torch.device:
+    """The device ``name`` resolves to, checked to exist on this machine.
+
+    Raises:
+        ConfigError: CUDA asked for where there is none, or a CUDA index out of range.
+    """
+    device = resolve_device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"train.device={name!r} is not allowed here: this machine has no CUDA device; "
+                "allowed: auto, cpu"
+            )
+        n = torch.cuda.device_count()
+        if device.index is not None and device.index >= n:
+            raise ConfigError(
+                f"train.device={name!r} is not allowed here: this machine has {n} CUDA "
+                f"device(s); allowed: auto, cpu, cuda, cuda:0..cuda:{n - 1}"
+            )
+    return device
+
+
+def _log_checkpoints(steps: int, every: int, n_log: int) -> set[int]:
+    out: set[int] = set()
     if n_log > 0 and every > 1:
         hi = math.log(every)
         for i in range(n_log):
-            sched.add(round(math.exp(hi * (i + 1) / (n_log + 1))))
-    return {s for s in sched if 0 <= s <= steps}
+            out.add(round(math.exp(hi * (i + 1) / (n_log + 1))))
+    return {s for s in out if 0 <= s <= steps}
+
+
+def is_checkpoint_step(t: int, steps: int, every: int, log_steps: set[int]) -> bool:
+    """Whether step ``t`` is in :func:`checkpoint_schedule` (without building it)."""
+    return 0 <= t <= steps and (t % every == 0 or t == steps or t in log_steps)
+
+
+def checkpoint_schedule(steps: int, every: int, n_log: int) -> set[int]:
+    """Steps to checkpoint: 0, every ``every``, the last, plus ``n_log`` log-spaced early ones.
+
+    Builds the whole set; the loop asks :func:`is_checkpoint_step` instead, which costs
+    nothing however long the run.
+    """
+    return set(range(0, steps + 1, every)) | {steps} | _log_checkpoints(steps, every, n_log)
 
 
 def _git_rev() -> str | None:
@@ -546,16 +589,25 @@ def train_stack(
     try:
         cfgs: list[RunConfig] = []
         tasks: list[Task | None] = []
-        for config, out in zip(configs, outs, strict=True):
-            if resume:
+        if not resume:
+            # Validate everything before anything is created: the device, each task (a
+            # config the task rejects must not leave a directory), each target directory.
+            for config in configs:
+                check_device(config.train.device)
+            targets = [check_new_run_dir(out, c) for c, out in zip(configs, outs, strict=True)]
+            if len(set(targets)) != len(targets):
+                raise ConfigError("two runs of this batch would share one run directory")
+            tasks = [build_task(c.data) for c in configs]
+            for config, out in zip(configs, targets, strict=True):
+                stores.append(RunStore.create(out, config))
+                cfgs.append(config)
+        else:
+            for out in outs:
                 store, config = RunStore.open_existing(Path(out))
+                check_device(config.train.device)
                 tasks.append(None)
-            else:
-                # Build the task first: a config the task rejects must not leave a directory.
-                tasks.append(build_task(config.data))
-                store = RunStore.create(Path(out), config)
-            stores.append(store)
-            cfgs.append(config)
+                stores.append(store)
+                cfgs.append(config)
         _train(
             stores,
             cfgs,
@@ -693,7 +745,11 @@ def _train(
                 elif m.above_since is None:
                     m.above_since = int(r["step"])
 
-    ckpt_steps = checkpoint_schedule(tc.steps, tc.checkpoint_every, tc.log_checkpoints)
+    log_ckpts = _log_checkpoints(tc.steps, tc.checkpoint_every, tc.log_checkpoints)
+
+    def is_ckpt(t: int) -> bool:
+        return is_checkpoint_step(t, tc.steps, tc.checkpoint_every, log_ckpts)
+
     name = config.name if k_ == 1 else f"{config.name} ×{k_}"
     bar = _Progress(progress, tc.steps, start, name)
     t0 = time.perf_counter()
@@ -759,13 +815,13 @@ def _train(
                 bar.update(t, shown)
             elif t % 50 == 0:
                 bar.update(t)
-            if t in ckpt_steps or last or stopping:
+            if is_ckpt(t) or last or stopping:
                 if t % tc.eval_every != 0 and not last:
                     for k, lv in enumerate(per_model.detach().cpu().tolist()):
                         if not members[k].done and (not math.isfinite(lv) or lv > tc.diverge_loss):
                             finish(members[k], "diverged", t)
                 for k, m in enumerate(members):
-                    if m.done or not (t in ckpt_steps or last or k in stopping):
+                    if m.done or not (is_ckpt(t) or last or k in stopping):
                         continue
                     meta = {"config_hash": m.chash, "groklab_version": __version__}
                     m.store.write_checkpoint(t, stack.member_weights(k), meta)
@@ -801,12 +857,20 @@ def _train(
                 evaluate = _Evaluator(stack, data, task, config)
                 k_, n_done_seen, active = len(members), 0, None
     except BaseException as e:
+        # Ctrl-C is not a failure of the run: it is recorded as interrupted (resumable).
+        interrupted = isinstance(e, KeyboardInterrupt)
+        status = "interrupted" if interrupted else "failed"
+        error = "KeyboardInterrupt (Ctrl-C)" if interrupted else f"{type(e).__name__}: {e}"
         for m in members:
             if m.done:
                 continue
-            m.manifest.update({"status": "failed", "error": f"{type(e).__name__}: {e}"})
-            m.store.write_metrics(m.rows)
-            m.store.write_manifest(m.manifest)
+            m.manifest.update({"status": status, "error": error})
+            # Best effort: on a full disk these writes fail too, and the files already saved
+            # (the last checkpoint, state and metrics) stay as they were.
+            with contextlib.suppress(GroklabError, OSError):
+                m.store.write_metrics(m.rows)
+            with contextlib.suppress(GroklabError, OSError):
+                m.store.write_manifest(m.manifest)
         bar.close()
         raise
     bar.close()
