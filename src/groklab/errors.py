@@ -9,6 +9,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "GroklabError",
+    "RunDamagedError",
     "RunExistsError",
     "RunLockedError",
     "RunNotFoundError",
@@ -37,3 +38,8 @@ class RunLockedError(GroklabError):
 
 class RunNotFoundError(GroklabError):
     """The path is not a groklab run directory."""
+
+
+class RunDamagedError(GroklabError):
+    """A file of a run directory is missing, unreadable or contradicts the others; the message
+    names the file and how to recover."""

@@ -678,10 +678,18 @@ def analyze_run(
     from groklab.config import config_hash
     from groklab.store import atomic_write_bytes
 
+    task_kind = run.config.data.task
+    if task_kind != "modular":
+        raise ConfigError(
+            f"{run.path}: data.task={task_kind!r}; the Fourier circuit, progress measures and "
+            "phases of `groklab analyze` need a modular task (data.task='modular')"
+        )
     available = run.checkpoint_steps
     if not available:
         raise ConfigError(f"{run.path}: no checkpoints to analyse")
     chosen = select_steps(available, every=every)
+    if hasattr(run, "check_checkpoints"):
+        run.check_checkpoints(chosen)
     ops = list(ops or analysis_task(run).info.get("operations", []))
     generators = dict(generators or {})
     options = {
