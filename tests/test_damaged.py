@@ -6,18 +6,24 @@ The runs are copies of one real tiny run (and one killed run) trained once per m
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from conftest import snapshot, tiny_config
 from groklab.cli import app
+from groklab.config import RunConfig
 from groklab.errors import RunDamagedError
 from groklab.run import load_run
 from groklab.store import load_checkpoint
@@ -246,3 +252,272 @@ def test_analyze_of_an_image_task_run_says_it_needs_a_modular_task(cli, tmp_path
     line = one_line_error(cli("analyze", tmp_path / "img"), "modular")
     assert re.search(r"digits", line), line
     assert snapshot(tmp_path / "img") == before
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+SPEC = """
+name = "tiny"
+seeds = [0]
+
+[base.data]
+p = 11
+train_fraction = 0.5
+
+[base.model]
+d_model = 16
+n_heads = 2
+d_head = 8
+d_mlp = 32
+
+[base.optim]
+lr = 1e-2
+warmup_steps = 2
+
+[base.train]
+steps = 20
+eval_every = 5
+checkpoint_every = 10
+device = "cpu"
+
+[grid]
+"optim.weight_decay" = [1.0, 0.3]
+"""
+A, B = "optim.weight_decay=1.0__seed=0", "optim.weight_decay=0.3__seed=0"
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from groklab import sweep as sw
+
+    root = tmp_path_factory.mktemp("swept")
+    (root / "spec.toml").write_text(SPEC)
+    sw.run_sweep(sw.load_spec(root / "spec.toml"), root / "sw", progress=False, figures=False)
+    assert sorted(p.name for p in (root / "sw").iterdir() if p.is_dir()) == sorted([A, B])
+    return root
+
+
+def _copy_sweep(swept: Path, tmp_path: Path) -> tuple[Path, Path]:
+    shutil.copy(swept / "spec.toml", tmp_path / "spec.toml")
+    shutil.copytree(swept / "sw", tmp_path / "sw")
+    return tmp_path / "spec.toml", tmp_path / "sw"
+
+
+def test_relaunch_with_a_binary_config_records_it_and_trains_the_others(
+    swept: Path, cli, tmp_path: Path
+) -> None:
+    spec, sw_dir = _copy_sweep(swept, tmp_path)
+    _binary(sw_dir / A / "config.toml")
+    shutil.rmtree(sw_dir / B)  # must train again
+    damaged = snapshot(sw_dir / A)
+    result = cli("sweep", spec, "--out", sw_dir, "--workers", "1", "-q", "--no-figures")
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    flat = "".join(result.output.split())  # rich wraps long lines
+    assert f"failed:{sw_dir / A}:{sw_dir / A}/config.toml:" in flat
+    assert load_run(sw_dir / B).status == "completed"
+    assert snapshot(sw_dir / A) == damaged  # left alone
+    runs = pd.read_parquet(sw_dir / "summary.parquet").set_index("run")
+    assert runs.loc[A, "status"] == "failed" and "config.toml" in runs.loc[A, "error"]
+    assert runs.loc[B, "status"] == "completed"
+
+
+@pytest.mark.parametrize("damage", ["metrics-truncated", "metrics-empty", "manifest-binary"])
+def test_a_damaged_run_is_a_failed_row_of_summary_status_and_report(
+    damage: str, swept: Path, cli, tmp_path: Path
+) -> None:
+    from groklab import sweep as sw
+
+    _, sw_dir = _copy_sweep(swept, tmp_path)
+    damage_fn, name = DAMAGES[damage]
+    damage_fn(sw_dir / A)
+    runs, points = sw.summarize_sweep(sw_dir, write=False)
+    runs = runs.set_index("run")
+    assert runs.loc[A, "status"] == "failed" and name in runs.loc[A, "error"]
+    assert runs.loc[B, "status"] == "completed"
+    assert points["n_failed"].sum() == 1
+
+    status = cli("sweep", "status", sw_dir)
+    assert status.exit_code == 0, status.output
+    assert "failed: 1" in status.output and "completed: 1" in status.output
+    st = sw.sweep_status(sw_dir).set_index("run")
+    assert st.loc[A, "status"] == "failed" and name in st.loc[A, "error"]
+
+    report = cli("report", sw_dir, "--no-static")
+    assert report.exit_code == 0, report.output
+    html = (sw_dir / "report.html").read_text()
+    assert name in html and "failed" in html
+
+
+def test_a_second_spec_into_a_sweep_directory_is_refused(swept: Path, cli, tmp_path) -> None:
+    spec, sw_dir = _copy_sweep(swept, tmp_path)
+    other = tmp_path / "other.toml"
+    other.write_text(SPEC.replace('"optim.weight_decay" = [1.0, 0.3]', '"optim.lr" = [1e-3]'))
+    before = snapshot(sw_dir)
+    line = one_line_error(cli("sweep", other, "--out", sw_dir, "-q", "--no-figures"))
+    assert "sweep.json" not in line or str(sw_dir) in line
+    assert str(sw_dir) in line and A in line and "--out" in line
+    assert snapshot(sw_dir) == before
+    # the same spec with a changed base changes every run: refused too
+    changed = cli("sweep", spec, "--out", sw_dir, "--set", "train.steps=30", "-q")
+    one_line_error(changed, "changes run")
+    assert snapshot(sw_dir) == before
+
+
+def test_a_relaunch_may_add_seeds_and_keeps_every_run_listed(swept: Path, cli, tmp_path) -> None:
+    spec, sw_dir = _copy_sweep(swept, tmp_path)
+    result = cli(
+        "sweep",
+        spec,
+        "--out",
+        sw_dir,
+        "--seeds",
+        "0,1",
+        "--only",
+        "*1.0__seed=1",
+        "-q",
+        "--no-figures",
+        "--workers",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    names = [e["name"] for e in json.loads((sw_dir / "sweep.json").read_text())["runs"]]
+    assert sorted(names) == sorted([A, B, A[:-1] + "1", B[:-1] + "1"])
+    runs = pd.read_parquet(sw_dir / "summary.parquet").set_index("run")
+    assert runs.loc[A[:-1] + "1", "status"] == "completed"
+    assert runs.loc[B[:-1] + "1", "status"] == "pending"
+    assert (runs.loc[[A, B], "status"] == "completed").all()
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def _field_keys() -> list[str]:
+    hints = {f.name: f.default_factory() for f in fields(RunConfig) if f.name != "name"}
+    return ["name"] + [f"{sec}.{f.name}" for sec, obj in hints.items() for f in fields(obj)]
+
+
+GARBAGE = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+VALUES = st.one_of(
+    st.integers(-3, 40).map(str),
+    st.floats(allow_nan=True, allow_infinity=True, width=32).map(repr),
+    st.sampled_from(
+        [
+            "true",
+            "false",
+            "",
+            "[]",
+            "[1, 2]",
+            "[[1]]",
+            "{a = 1}",
+            "nan",
+            "-inf",
+            "1e400",
+            '"x"',
+            "[",
+            "'",
+            "0.5",
+            "-0",
+            "1_0",
+            "0x10",
+            '["add", "mul"]',
+            "none",
+        ]
+    ),
+    GARBAGE,
+)
+OVERRIDES = st.lists(
+    st.tuples(st.one_of(st.sampled_from(_field_keys()), GARBAGE), VALUES).map(
+        lambda kv: f"{kv[0]}={kv[1]}"
+    )
+    | GARBAGE,
+    min_size=1,
+    max_size=3,
+)
+
+
+def _answer_is_clean(result: object) -> None:
+    """Success, a failed/diverged run (exit 1, said in words), or one line and exit 2; never
+    an uncaught exception or a traceback."""
+    out = result.output  # type: ignore[attr-defined]
+    exc = result.exception  # type: ignore[attr-defined]
+    assert exc is None or isinstance(exc, SystemExit), (type(exc), exc, out)
+    assert "Traceback" not in out
+    assert result.exit_code in (0, 1, 2), (result.exit_code, out)  # type: ignore[attr-defined]
+    if result.exit_code == 2:  # type: ignore[attr-defined]
+        assert len([ln for ln in out.splitlines() if ln.strip()]) == 1, out
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(overrides=OVERRIDES)
+def test_train_with_random_overrides_trains_or_answers_in_one_line(
+    overrides: list[str], tmp_path: Path
+) -> None:
+    runner = CliRunner()
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        work = Path(d)
+        args = ["train", "-p", "smoke", "-q", "--out", str(work / "run")]
+        args += ["--set", "train.steps=2", "--set", "train.device=cpu"]
+        for ov in overrides:
+            args += ["--set", ov]
+        before = snapshot(work)
+        result = runner.invoke(app, args)
+        _answer_is_clean(result)
+        if result.exit_code == 2:
+            assert snapshot(work) == before
+
+
+def _real_prefix(data: bytes) -> st.SearchStrategy[bytes]:
+    return st.integers(0, len(data)).map(lambda n: data[:n])
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_random_bytes_as_any_file_answer_in_one_line(
+    data: st.DataObject, made: dict[str, Path], tmp_path: Path
+) -> None:
+    which = data.draw(
+        st.sampled_from(["config", "spec", "config.toml", "manifest.json", "metrics.parquet"])
+    )
+    runner = CliRunner()
+    with tempfile.TemporaryDirectory(dir=tmp_path) as d:
+        work = Path(d)
+        if which in ("config", "spec"):
+            blob = data.draw(st.binary(max_size=300))
+            (work / "f.toml").write_bytes(blob)
+            small = ["--set", "train.steps=2", "--set", "train.device=cpu"]
+            args = (
+                ["train", "--config", str(work / "f.toml"), "--out", str(work / "out"), "-q"]
+                if which == "config"
+                else [
+                    "sweep",
+                    str(work / "f.toml"),
+                    "--out",
+                    str(work / "out"),
+                    "-q",
+                    "--workers",
+                    "1",
+                    "--no-figures",
+                ]
+            ) + small
+        else:
+            run = work / "run"
+            shutil.copytree(made["done"], run)
+            real = (run / which).read_bytes()
+            blob = data.draw(st.one_of(st.binary(max_size=300), _real_prefix(real)))
+            (run / which).write_bytes(blob)
+            reader = data.draw(st.sampled_from([["show"], ["analyze", "--no-figures"]]))
+            args = [*reader, str(run)]
+        before = snapshot(work)
+        result = runner.invoke(app, args)
+        _answer_is_clean(result)
+        if result.exit_code == 2:
+            assert snapshot(work) == before

@@ -128,7 +128,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train every run of SPEC, skipping completed runs and resuming killed ones.
 
-        Prints the summary at the end; exit code 1 when some run failed.
+        A sweep directory holds one sweep: a re-launch may add runs (seeds, points), a spec
+        that drops or changes a run already there is refused. Prints the summary at the end;
+        exit code 1 when some run failed (a run with a damaged file counts as failed).
         """
         from groklab.errors import GroklabError
         from groklab.sweep import (
