@@ -166,6 +166,8 @@ def test_reader_of_a_damaged_run_says_which_file_in_one_line(
         "metrics-early-rows-dropped",
         "config-binary",
         "config-edited",
+        "state-truncated",
+        "state-binary",
     ],
 )
 def test_resume_of_a_damaged_killed_run_refuses_in_one_line(
@@ -173,7 +175,11 @@ def test_resume_of_a_damaged_killed_run_refuses_in_one_line(
 ) -> None:
     run = tmp_path / "run"
     shutil.copytree(made["killed"], run)
-    damage_fn, name = DAMAGES[damage]
+    damage_fn, name = {
+        **DAMAGES,
+        "state-truncated": (lambda r: _truncate(r / "state.safetensors", 1000), "state"),
+        "state-binary": (lambda r: _binary(r / "state.safetensors"), "state.safetensors"),
+    }[damage]
     damage_fn(run)
     before = snapshot(run)
     one_line_error(cli("train", "--resume", run, "-q"), name)
@@ -239,6 +245,22 @@ def test_unreadable_files_are_named_even_without_permission(made, cli, tmp_path)
     shutil.copytree(made["done"], run)
     (run / "metrics.parquet").chmod(0)
     one_line_error(cli("show", run), "metrics.parquet")
+
+
+def test_analyze_recomputes_a_damaged_analysis_cache(made, cli, tmp_path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(made["done"], run)
+    first = cli("analyze", "--no-figures", run)
+    assert first.exit_code == 0, first.output
+    caches = sorted((run / "analysis").glob("*-*.json"))
+    assert caches
+    for p in caches:
+        _binary(p)
+    _truncate(next((run / "analysis").glob("progress-*.parquet")))
+    again = cli("analyze", "--no-figures", run)
+    assert again.exit_code == 0, again.output
+    assert "from cache" not in again.output
+    assert "from cache" in cli("analyze", "--no-figures", run).output  # rewritten
 
 
 def test_analyze_of_an_image_task_run_says_it_needs_a_modular_task(cli, tmp_path) -> None:
