@@ -245,6 +245,21 @@ def test_final_checkpoint_missing_is_not_silently_step_zero(made, tmp_path) -> N
         load_run(run)
 
 
+def test_a_running_run_between_checkpoint_and_metrics_is_not_damaged(made, tmp_path) -> None:
+    """A running run writes each checkpoint just before its metrics: a reader in between sees
+    checkpoints and no metrics yet, which is not damage."""
+    run = tmp_path / "run"
+    shutil.copytree(made["killed"], run)
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**m, "status": "running"}))
+    (run / "metrics.parquet").unlink()
+    assert load_run(run).metrics.empty
+    shutil.copy(made["killed"] / "metrics.parquet", run / "metrics.parquet")
+    m["final_step"] = "garbage"  # a manifest value of the wrong type is no traceback either
+    (run / "manifest.json").write_text(json.dumps({**m, "status": "completed"}))
+    assert load_run(run).checkpoint_steps == [0, 10, 20]
+
+
 def test_unreadable_files_are_named_even_without_permission(made, cli, tmp_path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root reads every file")

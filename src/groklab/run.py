@@ -155,10 +155,11 @@ class Run:
         m = self.manifest
         if not m or not self._trained_here:  # nothing to check against
             return df if df is not None else pd.DataFrame({"step": []})
-        final = m.get("final_step") if m.get("status") == "completed" else None
+        final = _final_step(m)
         if df is None or df.empty:
+            # (a running run writes a checkpoint just before its metrics: not damage)
             later = [s for s in list_checkpoint_steps(self.path) if s > 0]
-            if final is not None or later:
+            if final is not None or (later and m.get("status") != "running"):
                 upto = final if final is not None else later[-1]
                 what = "missing" if df is None else "empty"
                 raise RunDamagedError(
@@ -186,9 +187,8 @@ class Run:
             RunDamagedError: the final checkpoint of a completed run is missing.
         """
         steps = list_checkpoint_steps(self.path)
-        m = self.manifest
-        final = m.get("final_step")
-        if m.get("status") == "completed" and isinstance(final, int) and final not in steps:
+        final = _final_step(self.manifest)
+        if final is not None and final not in steps:
             path = self.path / CKPT_DIR / checkpoint_name(final)
             raise RunDamagedError(
                 f"{path}: missing (the final checkpoint of this completed run); restore it "
@@ -229,6 +229,14 @@ class Run:
                 f"model ({first})"
             ) from None
         return model.to(device).eval()
+
+
+def _final_step(manifest: dict[str, Any]) -> int | None:
+    """The last step of a completed run, per its manifest (``None`` otherwise)."""
+    final = manifest.get("final_step")
+    if manifest.get("status") != "completed" or isinstance(final, bool):
+        return None
+    return final if isinstance(final, int) else None
 
 
 def load_run(path: str | Path, *, for_resume: bool = False) -> Run:
