@@ -224,6 +224,8 @@ def load_metrics(run_dir: Path) -> pd.DataFrame | None:
             why = "cannot read it (permission denied)"
         raise RunDamagedError(f"{p}: damaged ({why}); {METRICS_RECOVERY}") from None
     why = None
+    if "step" not in df.columns and df.empty:
+        return pd.DataFrame({"step": []})  # a run stopped before its first evaluation
     if "step" not in df.columns:
         why = "no step column"
     elif len(df):
