@@ -492,6 +492,14 @@ def _answer_is_clean(result: object) -> None:
         assert len([ln for ln in out.splitlines() if ln.strip()]) == 1, out
 
 
+# Hypothesis's failure report imports a module that warns (DeprecationWarning); without this
+# filter a failing example ends in an INTERNALERROR instead of the falsifying example.
+HYPOTHESIS_REPORT = pytest.mark.filterwarnings(
+    "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+)
+
+
+@HYPOTHESIS_REPORT
 @settings(
     max_examples=20,
     deadline=None,
@@ -519,6 +527,7 @@ def _real_prefix(data: bytes) -> st.SearchStrategy[bytes]:
     return st.integers(0, len(data)).map(lambda n: data[:n])
 
 
+@HYPOTHESIS_REPORT
 @settings(
     max_examples=30,
     deadline=None,
