@@ -393,6 +393,19 @@ def test_a_damaged_run_is_a_failed_row_of_summary_status_and_report(
     assert name in html and "failed" in html
 
 
+def test_a_damaged_sweep_file_is_named_and_a_relaunch_rewrites_it(swept, cli, tmp_path) -> None:
+    spec, sw_dir = _copy_sweep(swept, tmp_path)
+    good = json.loads((swept / "sw" / "sweep.json").read_text())
+    _binary(sw_dir / "sweep.json")
+    before = snapshot(sw_dir)
+    one_line_error(cli("sweep", "status", sw_dir), "sweep.json", "groklab sweep")
+    one_line_error(cli("report", sw_dir, "--no-static"), "sweep.json")
+    assert snapshot(sw_dir) == before
+    result = cli("sweep", spec, "--out", sw_dir, "-q", "--no-figures", "--workers", "1")
+    assert result.exit_code == 0, result.output
+    assert json.loads((sw_dir / "sweep.json").read_text())["runs"] == good["runs"]
+
+
 def test_a_second_spec_into_a_sweep_directory_is_refused(swept: Path, cli, tmp_path) -> None:
     spec, sw_dir = _copy_sweep(swept, tmp_path)
     other = tmp_path / "other.toml"
