@@ -260,6 +260,22 @@ def test_a_running_run_between_checkpoint_and_metrics_is_not_damaged(made, tmp_p
     assert load_run(run).checkpoint_steps == [0, 10, 20]
 
 
+def test_an_untouched_config_matches_even_if_groklab_writes_configs_differently(
+    made, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The manifest records the hash of the text written to config.toml; a later groklab that
+    serialises the same config differently (a new field) still opens old runs."""
+    import groklab.run
+
+    run = tmp_path / "run"
+    shutil.copytree(made["done"], run)
+    monkeypatch.setattr(groklab.run, "config_hash", lambda cfg: "0000000000000000")
+    assert load_run(run).config.model.d_model == 16
+    _edit_config(run)
+    with pytest.raises(RunDamagedError, match=r"config\.toml: does not match the run"):
+        load_run(run)
+
+
 def test_unreadable_files_are_named_even_without_permission(made, cli, tmp_path) -> None:
     if os.geteuid() == 0:
         pytest.skip("root reads every file")

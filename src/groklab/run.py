@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -90,7 +91,12 @@ class Run:
                 f"{cfg_path}: damaged ({why}); restore the run's config.toml from a copy"
             ) from None
         recorded = self.manifest.get("config_hash")
-        if recorded is not None and recorded != config_hash(self.config):
+        # The recorded hash is of the text written to config.toml: an untouched file matches
+        # it even if a later groklab writes the same config differently (new fields).
+        if recorded is not None and recorded not in (
+            _text_hash(cfg_path),
+            config_hash(self.config),
+        ):
             raise RunDamagedError(
                 f"{cfg_path}: does not match the run (config hash {config_hash(self.config)}, "
                 f"{MANIFEST} records {recorded}): it was edited after the run was trained; "
@@ -229,6 +235,13 @@ class Run:
                 f"model ({first})"
             ) from None
         return model.to(device).eval()
+
+
+def _text_hash(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
 
 
 def _final_step(manifest: dict[str, Any]) -> int | None:
