@@ -26,7 +26,7 @@ from groklab.cli import app
 from groklab.config import RunConfig
 from groklab.errors import RunDamagedError
 from groklab.run import load_run
-from groklab.store import load_checkpoint
+from groklab.store import RunStore, load_checkpoint
 from groklab.train import loop
 
 STEPS = 30  # eval every 5, checkpoints at 0, 10, 20, 30
@@ -245,15 +245,21 @@ def test_final_checkpoint_missing_is_not_silently_step_zero(made, tmp_path) -> N
         load_run(run)
 
 
-def test_a_running_run_between_checkpoint_and_metrics_is_not_damaged(made, tmp_path) -> None:
-    """A running run writes each checkpoint just before its metrics: a reader in between sees
-    checkpoints and no metrics yet, which is not damage."""
+def test_missing_metrics_are_damage_unless_a_live_writer_is_between_checkpoint_and_metrics(
+    made, tmp_path
+) -> None:
+    """A live run writes each checkpoint just before its metrics: a reader in between sees
+    checkpoints and no metrics yet, which is not damage; a dead run's missing metrics are."""
     run = tmp_path / "run"
     shutil.copytree(made["killed"], run)
     m = json.loads((run / "manifest.json").read_text())
     (run / "manifest.json").write_text(json.dumps({**m, "status": "running"}))
     (run / "metrics.parquet").unlink()
-    assert load_run(run).metrics.empty
+    # killed without a word (status running, nobody holds the lock): damaged
+    with pytest.raises(RunDamagedError, match=r"metrics\.parquet: missing, but the run has"):
+        load_run(run)
+    with RunStore.open_existing(run)[0]:  # a live writer holds the lock
+        assert load_run(run).metrics.empty
     shutil.copy(made["killed"] / "metrics.parquet", run / "metrics.parquet")
     m["final_step"] = "garbage"  # a manifest value of the wrong type is no traceback either
     (run / "manifest.json").write_text(json.dumps({**m, "status": "completed"}))

@@ -25,6 +25,7 @@ from groklab.store import (
     load_checkpoint,
     load_manifest,
     load_metrics,
+    writer_alive,
 )
 from groklab.tasks import Task, build_task
 
@@ -163,9 +164,10 @@ class Run:
             return df if df is not None else pd.DataFrame({"step": []})
         final = _final_step(m)
         if df is None or df.empty:
-            # (a running run writes a checkpoint just before its metrics: not damage)
+            # (a live run writes a checkpoint just before its metrics: not damage)
             later = [s for s in list_checkpoint_steps(self.path) if s > 0]
-            if final is not None or (later and m.get("status") != "running"):
+            live = m.get("status") == "running" and writer_alive(self.path) is not False
+            if final is not None or (later and not live):
                 upto = final if final is not None else later[-1]
                 what = "missing" if df is None else "empty"
                 raise RunDamagedError(

@@ -166,6 +166,21 @@ def check_checkpoint_file(path: Path) -> None:
         )
 
 
+def writer_alive(run_dir: Path) -> bool | None:
+    """Whether some process on this machine holds the run's writer lock (None: unknown).
+
+    Read from /proc/locks, so asking never takes the lock.
+    """
+    lock = Path(run_dir) / ".lock"
+    try:
+        st = lock.stat()
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(line.split()[5] == dev for line in text.splitlines() if len(line.split()) > 5)
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
     """The manifest, or ``{}`` when it is missing or unreadable (writers rebuild it; readers
     use :func:`load_manifest`, which says which file is damaged)."""

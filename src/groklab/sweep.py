@@ -1725,14 +1725,9 @@ def _lock_held(run_dir: Path) -> bool | None:
     Read from /proc/locks, so asking never takes the lock (which could make a starting
     worker fail its own non-blocking lock).
     """
-    lock = run_dir / ".lock"
-    try:
-        st = lock.stat()
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[5] == dev for line in text.splitlines() if len(line.split()) > 5)
+    from groklab.store import writer_alive
+
+    return writer_alive(run_dir)
 
 
 def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
