@@ -433,6 +433,7 @@ def test_a_second_spec_into_a_sweep_directory_is_refused(swept: Path, cli, tmp_p
     other = tmp_path / "other.toml"
     other.write_text(SPEC.replace('"optim.weight_decay" = [1.0, 0.3]', '"optim.lr" = [1e-3]'))
     before = snapshot(sw_dir)
+    one_line_error(cli("sweep", other, "--out", sw_dir, "--dry-run"), A)  # says so up front
     line = one_line_error(cli("sweep", other, "--out", sw_dir, "-q", "--no-figures"))
     assert "sweep.json" not in line or str(sw_dir) in line
     assert str(sw_dir) in line and A in line and "--out" in line

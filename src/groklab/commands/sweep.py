@@ -132,7 +132,9 @@ def register(app: typer.Typer) -> None:
         that drops or changes a run already there is refused. Prints the summary at the end;
         exit code 1 when some run failed (a run with a damaged file counts as failed).
         """
-        from groklab.errors import GroklabError
+        import contextlib
+
+        from groklab.errors import GroklabError, RunDamagedError
         from groklab.sweep import (
             _cores,
             expand,
@@ -153,6 +155,12 @@ def register(app: typer.Typer) -> None:
             sweep_dir = out or Path("sweeps") / sp.name
             if dry_run:
                 import fnmatch
+
+                from groklab.sweep import _check_same_sweep, _read_sweep
+
+                if (sweep_dir / "sweep.json").is_file():  # would the run be refused?
+                    with contextlib.suppress(RunDamagedError):  # a damaged one is rewritten
+                        _check_same_sweep(sweep_dir, _read_sweep(sweep_dir), expand(sp))
 
                 runs = [
                     r
