@@ -493,7 +493,9 @@ def rebuild_final_checkpoint(run_dir: str | Path) -> Path | None:
     weights = {n[6:]: v for n, v in tensors.items() if n.startswith("model.")}
     with RunStore.open_existing(run_dir)[0] as store:
         store.write_checkpoint(
-            final, weights, {"config_hash": chash, "groklab_version": meta["groklab_version"]}
+            final,
+            weights,
+            {"config_hash": chash, "groklab_version": meta.get("groklab_version", __version__)},
         )
     return target
 
