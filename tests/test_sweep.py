@@ -310,18 +310,18 @@ def test_sweep_summary_and_cli(tmp_path: Path) -> None:
     st = runner.invoke(app, ["sweep", "status", str(out)])
     assert st.exit_code == 0 and "completed: 4" in st.output
 
-    # the same names with another base config: every run refused, nothing touched, exit 1,
-    # and the summary does not pass the old runs' results off as the new ones
+    # the same names with another base config: a different sweep, refused before anything is
+    # touched (exit 2, one line); the summary keeps the old runs' results as they are
     before = {n: _files(out / n) for n in names}
+    sweep_file = (out / "sweep.json").read_bytes()
     r3 = runner.invoke(
         app, ["sweep", str(spec), "--out", str(out), "-w", "1", "-q", "--set", "train.steps=70"]
     )
-    assert r3.exit_code == 1
+    assert r3.exit_code == 2, r3.output
+    assert "changes run" in r3.output and "--out" in r3.output
     assert {n: _files(out / n) for n in names} == before
-    changed = pd.read_parquet(out / "summary.parquet")
-    assert set(changed["status"]) == {"failed"}
-    assert "grokking_step" not in changed.columns  # no results borrowed from the old runs
-    assert "different run" in changed["error"].iloc[0]
+    assert (out / "sweep.json").read_bytes() == sweep_file
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "summary.parquet"), runs)
 
     dry = runner.invoke(app, ["sweep", str(spec), "--dry-run", "--only", "*0.3__seed=1"])
     assert dry.exit_code == 0 and "1 runs" in dry.output

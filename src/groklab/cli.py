@@ -168,9 +168,15 @@ def train(
                     "--resume takes the run's own config; "
                     "drop --preset/--config/--set/--out/--from-checkpoint"
                 )
-            run = load_run(resume)
+            run = load_run(resume, for_resume=True)
             if run.status == "completed":
-                console.print(f"{resume}: already completed; nothing to do", markup=False)
+                from groklab.train.loop import rebuild_final_checkpoint
+
+                rebuilt = rebuild_final_checkpoint(resume)
+                if rebuilt is not None:
+                    console.print(f"{rebuilt}: rebuilt from the run's saved state", markup=False)
+                else:
+                    console.print(f"{resume}: already completed; nothing to do", markup=False)
                 _finish([resume], report=report)
                 return
             targets = [resume]

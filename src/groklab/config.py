@@ -609,7 +609,10 @@ def load_config(path: str | Path) -> RunConfig:
         d = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
-    return config_from_dict(d)
+    try:
+        return config_from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def _parse_value(text: str) -> Any:

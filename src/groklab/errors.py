@@ -10,6 +10,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "GroklabError",
+    "RunDamagedError",
     "RunExistsError",
     "RunLockedError",
     "RunNotFoundError",
@@ -47,3 +48,8 @@ class StorageError(GroklabError):
     """A file could not be written (a full disk or quota); what was saved before is intact."""
 
     exit_code = 1
+
+
+class RunDamagedError(GroklabError):
+    """A file of a run directory is missing, unreadable or contradicts the others; the message
+    names the file and how to recover."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -11,17 +12,22 @@ import pandas as pd
 import torch
 
 from groklab.config import RunConfig, config_hash, load_config
-from groklab.errors import CheckpointError, RunNotFoundError
+from groklab.errors import CheckpointError, ConfigError, RunDamagedError, RunNotFoundError
 from groklab.models import HookedModule, build_model
 from groklab.store import (
     CKPT_DIR,
     CONFIG,
     IMPORTED_SPLIT,
+    MANIFEST,
     METRICS,
+    METRICS_RECOVERY,
+    check_checkpoint_file,
     checkpoint_name,
     list_checkpoint_steps,
     load_checkpoint,
-    read_manifest,
+    load_manifest,
+    load_metrics,
+    writer_alive,
 )
 from groklab.tasks import Task, build_task, tensor_hash
 
@@ -63,37 +69,143 @@ def summarize_metrics(metrics: pd.DataFrame) -> dict[str, Any]:
 class Run:
     """A run directory opened for reading.
 
+    Every read is checked against the run's other files: ``config.toml`` against the config
+    hash in ``manifest.json``, the metrics' steps against the run's schedule and final step,
+    the checkpoints against the final step of a completed run. A damaged or missing file
+    raises :class:`~groklab.errors.RunDamagedError` naming the file and how to recover.
+
     Attributes:
         path: the run directory.
         config: its :class:`RunConfig`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, for_resume: bool = False) -> None:
         self.path = Path(path)
+        # On resume a damaged manifest is rebuilt by the writer: read it leniently then.
+        self._lenient_manifest = for_resume
         if not (self.path / CONFIG).is_file():
             raise RunNotFoundError(f"{self.path}: not a groklab run directory (no {CONFIG})")
-        self.config: RunConfig = load_config(self.path / CONFIG)
+        cfg_path = self.path / CONFIG
+        try:
+            self.config: RunConfig = load_config(cfg_path)
+        except ConfigError as e:
+            why = str(e).removeprefix(f"{cfg_path}: ")
+            raise RunDamagedError(
+                f"{cfg_path}: damaged ({why}); restore the run's config.toml from a copy"
+            ) from None
+        recorded = self.manifest.get("config_hash")
+        # The recorded hash is of the text written to config.toml: an untouched file matches
+        # it even if a later groklab writes the same config differently (new fields).
+        if recorded is not None and recorded not in (
+            _text_hash(cfg_path),
+            config_hash(self.config),
+        ):
+            raise RunDamagedError(
+                f"{cfg_path}: does not match the run (config hash {config_hash(self.config)}, "
+                f"{MANIFEST} records {recorded}): it was edited after the run was trained; "
+                "restore the original (train an edited config into a new directory)"
+            )
+        if not for_resume:  # resume rebuilds or refuses on its own terms
+            self.check()
+
+    def check(self) -> None:
+        """Read and cross-check the metrics and checkpoints now (opening a run does this).
+
+        Raises:
+            RunDamagedError: naming the damaged file and how to recover.
+        """
+        self.metrics  # noqa: B018 - reading is the check
+        self.checkpoint_steps  # noqa: B018
+
+    def check_checkpoints(self, steps: list[int]) -> None:
+        """Check the files of the checkpoints at ``steps`` (headers and sizes only, cheap), so
+        that a reader going over them fails before it computes or writes anything.
+
+        Raises:
+            CheckpointError: one is missing, truncated or corrupt (named).
+        """
+        for step in steps:
+            path = self.path / CKPT_DIR / checkpoint_name(step)
+            if not path.exists():
+                raise CheckpointError(f"{path}: no checkpoint at step {step}")
+            check_checkpoint_file(path)
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r}, status={self.status!r})"
 
     @property
     def manifest(self) -> dict[str, Any]:
-        return read_manifest(self.path)
+        if self._lenient_manifest:
+            try:
+                return load_manifest(self.path)
+            except RunDamagedError:
+                return {}
+        return load_manifest(self.path)
 
     @property
     def status(self) -> str:
         return self.manifest.get("status", "unknown")
 
     @property
+    def _trained_here(self) -> bool:  # reads the manifest
+        """A run trained by groklab (an imported run's metrics are its loss history)."""
+        return "imported_from" not in self.manifest
+
+    @property
     def metrics(self) -> pd.DataFrame:
-        """One row per evaluated step (empty before the first evaluation)."""
+        """One row per evaluated step (empty before the first evaluation).
+
+        Raises:
+            RunDamagedError: ``metrics.parquet`` is damaged, missing while checkpoints exist,
+                lacks evaluated steps, or ends before the final step of a completed run.
+        """
         p = self.path / METRICS
-        return pd.read_parquet(p) if p.exists() else pd.DataFrame({"step": []})
+        df = load_metrics(self.path)
+        m = self.manifest
+        if not m or not self._trained_here:  # nothing to check against
+            return df if df is not None else pd.DataFrame({"step": []})
+        final = _final_step(m)
+        if df is None or df.empty:
+            # (a live run writes a checkpoint just before its metrics: not damage)
+            later = [s for s in list_checkpoint_steps(self.path) if s > 0]
+            live = m.get("status") == "running" and writer_alive(self.path) is not False
+            if final is not None or (later and not live):
+                upto = final if final is not None else later[-1]
+                what = "missing" if df is None else "empty"
+                raise RunDamagedError(
+                    f"{p}: {what}, but the run has trained to step {upto}; {METRICS_RECOVERY}"
+                )
+            return df if df is not None else pd.DataFrame({"step": []})
+        steps = [int(s) for s in df["step"]]
+        if steps[0] != 0:  # every run is evaluated at step 0
+            raise RunDamagedError(
+                f"{p}: damaged (starts at step {steps[0]}: the rows of steps 0..{steps[0] - 1} "
+                f"are missing); {METRICS_RECOVERY}"
+            )
+        if final is not None and steps[-1] != int(final):
+            raise RunDamagedError(
+                f"{p}: damaged (ends at step {steps[-1]}, but the run completed at step "
+                f"{final} per {MANIFEST}); {METRICS_RECOVERY}"
+            )
+        return df
 
     @property
     def checkpoint_steps(self) -> list[int]:
-        return list_checkpoint_steps(self.path)
+        """Steps with a saved checkpoint.
+
+        Raises:
+            RunDamagedError: the final checkpoint of a completed run is missing.
+        """
+        steps = list_checkpoint_steps(self.path)
+        final = _final_step(self.manifest)
+        if final is not None and final not in steps:
+            path = self.path / CKPT_DIR / checkpoint_name(final)
+            raise RunDamagedError(
+                f"{path}: missing (the final checkpoint of this completed run); restore it "
+                f"from a copy, or run `groklab train --resume {self.path}`, which rebuilds it "
+                "from the run's saved state"
+            )
+        return steps
 
     @property
     def has_imported_split(self) -> bool:
@@ -183,6 +295,24 @@ def _with_imported_split(task: Task, path: Path) -> Task:
     )
 
 
-def load_run(path: str | Path) -> Run:
-    """Open a saved run for reading."""
-    return Run(path)
+def _text_hash(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def _final_step(manifest: dict[str, Any]) -> int | None:
+    """The last step of a completed run, per its manifest (``None`` otherwise)."""
+    final = manifest.get("final_step")
+    if manifest.get("status") != "completed" or isinstance(final, bool):
+        return None
+    return final if isinstance(final, int) else None
+
+
+def load_run(path: str | Path, *, for_resume: bool = False) -> Run:
+    """Open a saved run for reading (checked: see :class:`Run`).
+
+    With ``for_resume`` a damaged ``manifest.json`` is read as empty (resuming rebuilds it).
+    """
+    return Run(path, for_resume=for_resume)

@@ -36,6 +36,7 @@ from safetensors.torch import save as st_save
 from groklab.config import RunConfig, config_to_dict, load_config, save_config
 from groklab.errors import (
     CheckpointError,
+    RunDamagedError,
     RunExistsError,
     RunLockedError,
     RunNotFoundError,
@@ -46,12 +47,15 @@ __all__ = [
     "RunStore",
     "atomic_write_bytes",
     "atomic_write_text",
+    "check_checkpoint_file",
     "check_folder_target",
     "check_new_run_dir",
     "checkpoint_name",
     "file_mode",
     "list_checkpoint_steps",
     "load_checkpoint",
+    "load_manifest",
+    "load_metrics",
     "lock_holder",
     "read_manifest",
     "resolve_target",
@@ -163,12 +167,140 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, meta
 
 
+def check_checkpoint_file(path: Path) -> None:
+    """Check a checkpoint's header and size without loading its tensors (cheap).
+
+    Raises:
+        CheckpointError: the file is truncated, corrupt or not a groklab checkpoint.
+    """
+    path = Path(path)
+    bad = CheckpointError(
+        f"{path}: corrupt or not a safetensors checkpoint (expected a groklab checkpoint)"
+    )
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                raise bad
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise bad from None
+    if not isinstance(header, dict):
+        raise bad
+    try:
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (TypeError, KeyError, IndexError, ValueError):
+        raise bad from None
+    if 8 + n + end != size:
+        raise CheckpointError(
+            f"{path}: truncated or corrupt checkpoint ({size} bytes, its header describes "
+            f"{8 + n + end}); restore it from a copy"
+        )
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a groklab checkpoint (format "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {FORMAT!r}); "
+            "use `groklab import` for foreign checkpoints"
+        )
+
+
+def writer_alive(run_dir: Path) -> bool | None:
+    """Whether some process on this machine holds the run's writer lock (None: unknown).
+
+    Read from /proc/locks, so asking never takes the lock.
+    """
+    lock = Path(run_dir) / ".lock"
+    try:
+        st = lock.stat()
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return None
+    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    return any(line.split()[5] == dev for line in text.splitlines() if len(line.split()) > 5)
+
+
 def read_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest, or ``{}`` when it is missing or unreadable (writers rebuild it; readers
+    use :func:`load_manifest`, which says which file is damaged)."""
+    try:
+        return load_manifest(run_dir)
+    except RunDamagedError:
+        return {}
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """The manifest (``{}`` when there is none yet: a run that has not started).
+
+    Raises:
+        RunDamagedError: the file is unreadable, not JSON or not a JSON object.
+    """
     p = Path(run_dir) / MANIFEST
     try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
+        data = p.read_bytes()
+    except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise RunDamagedError(f"{p}: cannot read the manifest ({e.strerror})") from None
+    why = None
+    if not data.strip():
+        why = "empty"
+    else:
+        try:
+            d = json.loads(data.decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            why = "not JSON"
+        else:
+            if not isinstance(d, dict):
+                why = "not a JSON object"
+    if why is not None:
+        raise RunDamagedError(
+            f"{p}: damaged ({why}); `groklab train --resume {Path(run_dir)}` rebuilds it from "
+            "the run's saved state"
+        )
+    return d
+
+
+def load_metrics(run_dir: Path) -> pd.DataFrame | None:
+    """The run's metrics table (``None`` when there is no metrics file).
+
+    Raises:
+        RunDamagedError: the file is empty, truncated or not a metrics table.
+    """
+    p = Path(run_dir) / METRICS
+    if not p.exists():
+        return None
+    try:
+        df = pd.read_parquet(p)
+    except Exception as e:  # pyarrow raises ArrowInvalid, OSError, ... for damaged files
+        why = "empty" if p.is_file() and p.stat().st_size == 0 else "not a readable parquet file"
+        if isinstance(e, PermissionError):
+            why = "cannot read it (permission denied)"
+        raise RunDamagedError(f"{p}: damaged ({why}); {METRICS_RECOVERY}") from None
+    why = None
+    if "step" not in df.columns and df.empty:
+        return pd.DataFrame({"step": []})  # a run stopped before its first evaluation
+    if "step" not in df.columns:
+        why = "no step column"
+    elif len(df):
+        steps = pd.to_numeric(df["step"], errors="coerce")
+        if steps.isna().any() or (steps.diff().dropna() <= 0).any():
+            why = "its steps are not increasing"
+    if why is not None:
+        raise RunDamagedError(f"{p}: damaged ({why}); {METRICS_RECOVERY}")
+    return df
+
+
+METRICS_RECOVERY = (
+    "the metrics cannot be rebuilt from the checkpoints: restore the file from a copy, or "
+    "train the run again into a new directory"
+)
 
 
 def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
@@ -382,10 +514,9 @@ class RunStore:
         atomic_write_bytes(self.path / STATE, data)
 
     def read_metrics(self) -> list[dict[str, float]]:
-        p = self.path / METRICS
-        if not p.exists():
-            return []
-        return pd.read_parquet(p).to_dict("records")
+        """The saved metrics rows (``[]`` without a metrics file); RunDamagedError if damaged."""
+        df = load_metrics(self.path)
+        return [] if df is None else df.to_dict("records")
 
     def iter_checkpoints(self) -> Iterator[int]:
         yield from list_checkpoint_steps(self.path)

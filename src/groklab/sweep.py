@@ -65,7 +65,7 @@ from groklab.config import (
     config_to_dict,
     load_config,
 )
-from groklab.errors import ConfigError, GroklabError, RunExistsError
+from groklab.errors import ConfigError, GroklabError, RunDamagedError, RunExistsError
 from groklab.store import CONFIG, METRICS, atomic_write_text, read_manifest
 
 if sys.version_info >= (3, 11):
@@ -126,9 +126,9 @@ _SPEC_KEYS = {
 
 def _analysis_summary(run_dir: Path) -> dict[str, Any]:
     """Built-in trivial analysis: the run's memorisation/grokking steps (from its metrics)."""
-    from groklab.run import summarize_metrics
+    from groklab.run import load_run, summarize_metrics
 
-    s = summarize_metrics(pd.read_parquet(Path(run_dir) / METRICS))
+    s = summarize_metrics(load_run(run_dir).metrics)
     return {"memorisation_step": s["memorisation_step"], "grokking_step": s["grokking_step"]}
 
 
@@ -680,13 +680,19 @@ def _execute(cfg: RunConfig, out: Path) -> str:
     if (out / CONFIG).is_file():
         try:
             old = config_to_dict(load_config(out / CONFIG))
-        except GroklabError:
-            old = None
+        except GroklabError as e:
+            raise RunDamagedError(
+                f"{str(e).removesuffix('.')}; the run's config.toml is damaged: restore it, or "
+                "delete the run directory to train the run again"
+            ) from None
         new = config_to_dict(cfg)
         if old != new:
-            diff = _config_diff(old, new) if old is not None else "unreadable config"
+            diff = _config_diff(old, new)
             raise ConfigError(f"{out}: already holds a different run ({diff}); use another --out")
         if read_manifest(out).get("status") in DONE_STATUSES:
+            from groklab.run import load_run
+
+            load_run(out)  # a finished run counts only if its files are sound
             return "skipped"
         run_training(cfg, out, resume=True, progress=False)
         return "resumed"
@@ -703,7 +709,7 @@ def _run_analyses(
     for name in names:
         opts = _jsonable(options.get(name, {}))
         marker = _analysis_marker(out, name)
-        with contextlib.suppress(OSError, json.JSONDecodeError):
+        with contextlib.suppress(OSError, ValueError):
             cached = json.loads(marker.read_text())
             if (
                 cached.get("config_hash") == chash
@@ -775,7 +781,9 @@ def _already_done(
     for name in analyses:
         try:
             cached = json.loads(_analysis_marker(out, name).read_text())
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
+            return None
+        if not isinstance(cached, dict):
             return None
         if (
             cached.get("status") != "ok"
@@ -784,6 +792,12 @@ def _already_done(
         ):
             return None
         results[name] = cached.get("result")
+    from groklab.run import load_run
+
+    try:
+        load_run(out)  # a finished run counts only if its files are sound
+    except GroklabError:
+        return None  # the worker reports the damage
     res = {"out": str(out), "status": m["status"], "error": None, "action": "skipped"}
     if analyses:
         res["analyses"] = results
@@ -1168,6 +1182,21 @@ def _foreign(manifest: dict[str, Any], entry: dict[str, Any]) -> bool:
     return have is not None and want is not None and have != want
 
 
+def _read_run(out: Path) -> tuple[dict[str, Any], RunConfig | None, pd.DataFrame]:
+    """Manifest, config and metrics of a sweep's run directory, checked as every reader checks
+    them (:class:`groklab.run.Run`). Before training: ``({}, None, empty)``.
+
+    Raises:
+        GroklabError: a file of the run is damaged (named, with the way to recover).
+    """
+    from groklab.run import load_run
+
+    if not (out / CONFIG).exists():
+        return {}, None, pd.DataFrame()
+    run = load_run(out)
+    return run.manifest, run.config, run.metrics
+
+
 def _run_row(entry: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
     from groklab.run import first_step_at
 
@@ -1175,30 +1204,30 @@ def _run_row(entry: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
     seed_keys = set(entry.get("seed_keys", []))
     row: dict[str, Any] = {
         "run": entry["name"],
-        "group": entry["group"],
+        "group": entry.get("group", entry["name"]),
         "source": entry.get("source", "grid"),
         "seed": entry.get("seed"),
     }
-    for k, v in entry["overrides"]:
+    for k, v in entry.get("overrides", []):
         if k not in seed_keys:
             row[k] = _value_cell(v)
-    manifest = read_manifest(out)
-    status = manifest.get("status") or ("pending" if not (out / CONFIG).exists() else "running")
+    try:
+        manifest, cfg, metrics = _read_run(out)
+    except GroklabError as e:  # a damaged run is a failed row; the others go on
+        row["status"] = "failed"
+        row["error"] = str(e)
+        return row
+    status = manifest.get("status") or ("pending" if cfg is None else "running")
     row["status"] = status
     row["error"] = manifest.get("error")
     if _foreign(manifest, entry):
         row["status"] = "failed"
         row["error"] = f"{out} holds a different run (config hash differs)"
         return row
-    try:
-        cfg = load_config(out / CONFIG) if (out / CONFIG).exists() else None
-    except GroklabError:
-        cfg = None
     if cfg is not None and len(cfg.data.operations) > 1:
         shares = cfg.data.shares or tuple(1 / len(cfg.data.operations) for _ in cfg.data.operations)
         for op, s in zip(cfg.data.operations, shares, strict=True):
             row[f"share:{op}"] = float(s)
-    metrics = pd.read_parquet(out / METRICS) if (out / METRICS).exists() else pd.DataFrame()
     if metrics.empty:
         return row
     row["final_step"] = int(metrics["step"].iloc[-1])
@@ -1214,7 +1243,7 @@ def _run_row(entry: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
         if c.endswith("/acc") or c in ("train/loss", "test/loss"):
             row[f"final:{c}"] = float(last[c])
     for name in entry.get("analyses", []):
-        with contextlib.suppress(OSError, json.JSONDecodeError):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
             res = json.loads(_analysis_marker(out, name).read_text()).get("result")
             if isinstance(res, dict):
                 for k, v in res.items():
@@ -1325,11 +1354,24 @@ def aggregate_summary(runs: pd.DataFrame) -> pd.DataFrame:
 def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
     p = Path(sweep_dir) / SWEEP_FILE
     try:
-        return json.loads(p.read_text())
+        info = json.loads(p.read_text())
     except OSError:
         raise ConfigError(f"{sweep_dir}: not a sweep directory (no {SWEEP_FILE})") from None
-    except json.JSONDecodeError:
-        raise ConfigError(f"{p}: corrupt sweep file") from None
+    except ValueError:  # not UTF-8, not JSON
+        info = None
+    ok = isinstance(info, dict) and isinstance(info.get("runs"), list)
+    ok = ok and all(
+        isinstance(e, dict)
+        and isinstance(e.get("name"), str)
+        and isinstance(e.get("overrides", []), list)
+        for e in info["runs"]
+    )
+    if not ok:
+        raise RunDamagedError(
+            f"{p}: damaged (not a sweep file); relaunching the sweep with its spec "
+            f"(`groklab sweep SPEC --out {sweep_dir}`) rewrites it"
+        )
+    return info
 
 
 def summarize_sweep(
@@ -1648,7 +1690,7 @@ def run_sweep(
     given = Path(sweep_dir)
     sweep_dir = check_folder_target(given, what="sweep")
     if (sweep_dir / SWEEP_FILE).exists():
-        with contextlib.suppress(ConfigError):
+        with contextlib.suppress(ConfigError, RunDamagedError):  # a damaged one is rewritten
             other = _read_sweep(sweep_dir).get("name")
             if other is not None and other != spec.name:
                 raise RunExistsError(
@@ -1667,12 +1709,17 @@ def run_sweep(
     except OSError as e:
         raise storage_error(sweep_dir, e) from None
     prior: list[SweepRun] = []
-    with contextlib.suppress(ConfigError, KeyError):
-        # keep earlier bisection runs listed (their directories are still there)
+    old = None
+    with contextlib.suppress(GroklabError):  # no sweep file yet, or a damaged one (rewritten)
         old = _read_sweep(sweep_dir)
-        prior_names = {e["name"] for e in old["runs"] if e.get("source") == "bisect"}
-        prior = [_entry_to_run(e, spec) for e in old["runs"] if e["name"] in prior_names]
-    _write_sweep_file(sweep_dir, spec, _merge_runs(runs, prior))
+    if old is not None:
+        _check_same_sweep(sweep_dir, old, expand(spec))
+        with contextlib.suppress(GroklabError, KeyError, TypeError, ValueError):
+            # keep earlier bisection runs listed (their directories are still there)
+            prior_names = {e["name"] for e in old["runs"] if e.get("source") == "bisect"}
+            prior = [_entry_to_run(e, spec) for e in old["runs"] if e["name"] in prior_names]
+    # sweep.json lists every run of the spec, also when --only trains a few of them
+    _write_sweep_file(sweep_dir, spec, _merge_runs(expand(spec), prior))
     results = run_many(
         [r.config for r in runs],
         [sweep_dir / r.name for r in runs],
@@ -1711,6 +1758,31 @@ def run_sweep(
     return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
 
 
+def _check_same_sweep(sweep_dir: Path, old: dict[str, Any], runs: list[SweepRun]) -> None:
+    """A sweep directory holds one sweep: a relaunch may add runs (more seeds, more points)
+    but must not drop or change a run it already lists, else its runs would silently vanish
+    from sweep.json, the summary and the report.
+
+    Raises:
+        ConfigError: naming the first run the new spec drops or changes.
+    """
+    new = {r.name: config_hash(r.config) for r in runs}
+    for e in old["runs"]:
+        if e.get("source") == "bisect":
+            continue  # bisection runs are kept listed on their own
+        name = e["name"]
+        if name not in new:
+            why = f"has no run {name!r}"
+        elif e.get("config_hash") not in (None, new[name]):
+            why = f"changes run {name!r} (config hash differs)"
+        else:
+            continue
+        raise ConfigError(
+            f"{sweep_dir}: holds sweep {old.get('name')!r}, and this spec {why}; a sweep "
+            "directory holds one sweep (a relaunch may only add runs): use another --out"
+        )
+
+
 def _entry_to_run(e: dict[str, Any], spec: SweepSpec) -> SweepRun:
     ovs = tuple((k, v) for k, v in e["overrides"])
     cfg = spec.base
@@ -1732,14 +1804,9 @@ def _lock_held(run_dir: Path) -> bool | None:
     Read from /proc/locks, so asking never takes the lock (which could make a starting
     worker fail its own non-blocking lock).
     """
-    lock = run_dir / ".lock"
-    try:
-        st = lock.stat()
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[5] == dev for line in text.splitlines() if len(line.split()) > 5)
+    from groklab.store import writer_alive
+
+    return writer_alive(run_dir)
 
 
 def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
@@ -1759,6 +1826,12 @@ def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
         if _foreign(m, e):
             status = "failed"
             m = {"error": f"{out} holds a different run (config hash differs)"}
+        else:
+            try:
+                _read_run(out)
+            except GroklabError as err:  # damaged: failed, with the file and the way out
+                status = "failed"
+                m = {"error": str(err)}
         step = None
         with contextlib.suppress(Exception):
             step = int(pd.read_parquet(out / METRICS, columns=["step"])["step"].iloc[-1])

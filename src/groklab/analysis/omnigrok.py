@@ -350,14 +350,20 @@ def sweep_phase_table(sweep_dir: str | Path, rule: PhaseRule | None = None) -> p
     sweep_dir = Path(sweep_dir)
     try:
         info = json.loads((sweep_dir / "sweep.json").read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         raise ConfigError(f"{sweep_dir}: not a sweep directory (no readable sweep.json)") from None
     if rule is None:
         opts = ((info.get("spec") or {}).get("analysis_options") or {}).get(ANALYSIS, {})
         rule = PhaseRule(**opts)
     names = [e["name"] for e in info.get("runs", [])]
     done = [n for n in names if read_manifest(sweep_dir / n).get("status") == "completed"]
-    return phase_table([load_run(sweep_dir / n) for n in done], rule)
+    runs = []
+    for n in done:
+        try:
+            runs.append(load_run(sweep_dir / n))
+        except GroklabError:
+            continue  # a damaged run: a failed row of the sweep's summary, not a phase
+    return phase_table(runs, rule)
 
 
 def study_figures(

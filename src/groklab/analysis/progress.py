@@ -677,10 +677,18 @@ def analyze_run(
     from groklab.config import config_hash
     from groklab.store import atomic_write_bytes
 
+    task_kind = run.config.data.task
+    if task_kind != "modular":
+        raise ConfigError(
+            f"{run.path}: data.task={task_kind!r}; the Fourier circuit, progress measures and "
+            "phases of `groklab analyze` need a modular task (data.task='modular')"
+        )
     available = run.checkpoint_steps
     if not available:
         raise ConfigError(f"{run.path}: no checkpoints to analyse")
     chosen = select_steps(available, every=every)
+    if hasattr(run, "check_checkpoints"):
+        run.check_checkpoints(chosen)
     ops = list(ops or run.task.info.get("operations", []))
     generators = dict(generators or {})
     options = {
@@ -704,16 +712,19 @@ def analyze_run(
     table_path, meta_path = folder / f"progress-{key}.parquet", folder / f"progress-{key}.json"
     cached = not force and table_path.exists() and meta_path.exists()
     if cached:
-        meta = json.loads(meta_path.read_text())
-        progress = Progress(
-            table=pd.read_parquet(table_path),
-            key_freqs={k: list(v) for k, v in meta["key_freqs"].items()},
-            ops=meta["ops"],
-            generators=meta["generators"],
-            steps=meta["steps"],
-            seconds=meta["seconds"],
-        )
-    else:
+        try:
+            meta = json.loads(meta_path.read_text())
+            progress = Progress(
+                table=pd.read_parquet(table_path),
+                key_freqs={k: list(v) for k, v in meta["key_freqs"].items()},
+                ops=meta["ops"],
+                generators=meta["generators"],
+                steps=meta["steps"],
+                seconds=meta["seconds"],
+            )
+        except Exception:  # a damaged cache is recomputed (and rewritten) like a stale one
+            cached = False
+    if not cached:
         progress = progress_measures(
             run,
             steps=chosen,
@@ -752,8 +763,14 @@ def analyze_run(
             }
         )
         spath = folder / f"snapshot-{op}-step{final}-{skey}.json"
+        snap = None
         if not force and spath.exists():
-            snapshots[op] = Snapshot.from_dict(json.loads(spath.read_text()))
+            try:
+                snap = Snapshot.from_dict(json.loads(spath.read_text()))
+            except Exception:  # damaged cache: recompute
+                snap = None
+        if snap is not None:
+            snapshots[op] = snap
         else:
             snapshots[op] = circuit_snapshot(
                 run,

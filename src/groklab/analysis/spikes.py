@@ -160,7 +160,11 @@ def analyze_run(
     p = run_dir / METRICS
     if not p.exists():
         raise ConfigError(f"{run_dir}: no {METRICS} to scan for spikes")
-    m = pd.read_parquet(p)
+    from groklab.run import load_run
+    from groklab.store import CONFIG, load_metrics
+
+    # checked like every read: a damaged file is named (cross-checked when it is a run)
+    m = load_run(run_dir).metrics if (run_dir / CONFIG).exists() else load_metrics(run_dir)
     missing = [c for c in columns if c not in m]
     if missing:
         raise ConfigError(f"spikes: {run_dir} has no metrics column {missing[0]!r}")

@@ -153,6 +153,7 @@ def run_cmd(
         wanted = llc.select_steps(run.checkpoint_steps, every=every, steps=step_list)
         if not wanted:
             _fail(f"{run_dir}: no checkpoints to analyse")
+        run.check_checkpoints(wanted)
         subsets = subset or ["total"]
         names = [llc.resolve_subset(run, s)[0] for s in subsets]
         console.print(

@@ -132,9 +132,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train every run of SPEC, skipping completed runs and resuming killed ones.
 
-        Prints the summary at the end; exit code 1 when some run failed or diverged.
+        A sweep directory holds one sweep: a re-launch may add runs (seeds, points), a spec
+        that drops or changes a run already there is refused. Prints the summary at the end;
+        exit code 1 when some run failed or diverged (a run with a damaged file counts as
+        failed).
         """
-        from groklab.errors import GroklabError
+        import contextlib
+
+        from groklab.errors import GroklabError, RunDamagedError
         from groklab.studies import draw_study_figures
         from groklab.sweep import (
             _cores,
@@ -156,6 +161,12 @@ def register(app: typer.Typer) -> None:
             sweep_dir = out or Path("sweeps") / sp.name
             if dry_run:
                 import fnmatch
+
+                from groklab.sweep import _check_same_sweep, _read_sweep
+
+                if (sweep_dir / "sweep.json").is_file():  # would the run be refused?
+                    with contextlib.suppress(RunDamagedError):  # a damaged one is rewritten
+                        _check_same_sweep(sweep_dir, _read_sweep(sweep_dir), expand(sp))
 
                 runs = [
                     r

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from groklab.errors import GroklabError
 from groklab.report import figures as F
 from groklab.report.html import Markup, ReportError, Section, code, kv_table, sortable_table
 
@@ -742,7 +743,7 @@ def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -
     except ModuleNotFoundError:
         raise ReportError(f"{sweep_dir}: sweep reports need groklab.sweep") from None
     path = Path(sweep_dir)
-    info = json.loads((path / sw.SWEEP_FILE).read_text())
+    info = sw._read_sweep(path)
     runs, points = sw.summarize_sweep(path, write=False)
     seed_keys = set(info.get("seed_keys", []))
     variables: list[str] = []
@@ -760,9 +761,12 @@ def load_sweep_data(sweep_dir: Path | str, *, display_path: str | None = None) -
 
             with contextlib.suppress(Exception):  # an unreadable config shows as a bad row
                 budgets.append(load_config(rd / "config.toml").train.steps)
-        p = rd / "metrics.parquet"
-        if p.exists():
-            curves[e["name"]] = pd.read_parquet(p)
+        try:  # a damaged run shows as a failed row of the summary, with no curve
+            metrics = sw._read_run(rd)[2]
+        except GroklabError:
+            metrics = pd.DataFrame()
+        if len(metrics):
+            curves[e["name"]] = metrics
             groups[e["name"]] = e.get("group", e["name"])
         llc_df = _run_llc_total(rd)
         if llc_df is not None:
@@ -834,9 +838,21 @@ def sweep_sections(d: SweepData) -> list[Section]:
         ([_plain(r[c]) for c in cols] for _, r in runs.iterrows()),
         table_id="sweep-runs",
     )
+    failed = (
+        runs[(runs["status"] == "failed") & runs["error"].notna()]
+        if len(runs) and "error" in runs
+        else runs.iloc[:0]
+    )
+    errors = "".join(
+        f"<li><code>{html.escape(str(r['run']))}</code>: {html.escape(str(r['error']))}</li>"
+        for _, r in failed.iterrows()
+    )
     body = (
-        f'<p class="caption">{html.escape(desc)}</p>' if desc else ""
-    ) + f'<div class="cards">{cards}</div>{table}'
+        (f'<p class="caption">{html.escape(desc)}</p>' if desc else "")
+        + f'<div class="cards">{cards}</div>'
+        + (f'<p class="caption">failed runs:</p><ul class="failed">{errors}</ul>' if errors else "")
+        + table
+    )
     secs.append(
         Section(
             "summary",

@@ -256,10 +256,15 @@ def fig_precision(
 
 
 def _metrics(sweep_dir: Path, run: str, columns: list[str] | None = None) -> pd.DataFrame | None:
-    p = sweep_dir / run / "metrics.parquet"
-    if not p.exists():
+    from groklab.errors import GroklabError
+    from groklab.store import load_metrics
+
+    try:  # a damaged run is a failed row of the summary; its curve is left out
+        m = load_metrics(sweep_dir / run)
+    except GroklabError:
         return None
-    m = pd.read_parquet(p)
+    if m is None:
+        return None
     return m if columns is None else m[[c for c in columns if c in m]]
 
 

@@ -40,7 +40,7 @@ import torch
 
 from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
-from groklab.errors import CheckpointError, ConfigError, GroklabError
+from groklab.errors import CheckpointError, ConfigError, GroklabError, RunDamagedError
 from groklab.models import build_model
 from groklab.store import RunStore, check_new_run_dir, load_checkpoint, read_manifest
 from groklab.tasks import Task, build_task
@@ -478,6 +478,71 @@ def _load_states(
     return steps.pop()
 
 
+def _check_resume_rows(
+    path: Path, rows: list[dict[str, float]], start: int, eval_every: int
+) -> None:
+    """Refuse to resume from step ``start`` when the metrics lack rows evaluated before it:
+    the resumed run would report memorisation and grokking from the later rows alone."""
+    expected = range(0, start, max(1, eval_every))
+    have = {int(r["step"]) for r in rows}
+    missing = [t for t in expected if t not in have]
+    if not missing:
+        return
+    from groklab.store import METRICS, METRICS_RECOVERY
+
+    p = path / METRICS
+    what = (
+        "missing"
+        if not p.exists()
+        else f"damaged (lacks the rows of {len(missing)} evaluated steps, "
+        f"{missing[0]}..{missing[-1]})"
+    )
+    raise RunDamagedError(
+        f"{p}: {what}; cannot resume from the saved state at step {start} without the "
+        f"metrics before it; {METRICS_RECOVERY}"
+    )
+
+
+def rebuild_final_checkpoint(run_dir: str | Path) -> Path | None:
+    """Write the missing final checkpoint of a completed run from its saved state (the state
+    holds the same weights); returns the file written, or ``None`` if nothing was missing.
+
+    Raises:
+        CheckpointError: the state is of another run or of another step (cannot rebuild).
+    """
+    from groklab.store import CKPT_DIR, STATE, checkpoint_name, list_checkpoint_steps
+
+    run_dir = Path(run_dir)
+    m = read_manifest(run_dir)
+    final = m.get("final_step")
+    if m.get("status") != "completed" or not isinstance(final, int):
+        return None
+    if final in list_checkpoint_steps(run_dir):
+        return None
+    target = run_dir / CKPT_DIR / checkpoint_name(final)
+    state = run_dir / STATE
+    if not state.exists():
+        raise CheckpointError(
+            f"{target}: missing, and {state} is missing too, so it cannot be rebuilt; restore "
+            "it from a copy"
+        )
+    chash = m.get("config_hash")
+    tensors, meta = _read_state(state, chash)
+    if int(meta.get("step", -1)) != final:
+        raise CheckpointError(
+            f"{target}: missing, and {state} holds step {meta.get('step')}, not the final step "
+            f"{final}, so it cannot be rebuilt; restore it from a copy"
+        )
+    weights = {n[6:]: v for n, v in tensors.items() if n.startswith("model.")}
+    with RunStore.open_existing(run_dir)[0] as store:
+        store.write_checkpoint(
+            final,
+            weights,
+            {"config_hash": chash, "groklab_version": meta.get("groklab_version", __version__)},
+        )
+    return target
+
+
 class _Progress:
     """Rich progress bar with the latest metrics; silent when disabled."""
 
@@ -699,6 +764,7 @@ def _train(
         start = _load_states(state_paths, stack, opt, filt, [m.chash for m in members])
         for m in members:
             m.rows = [r for r in m.store.read_metrics() if r["step"] < start]
+            _check_resume_rows(m.store.path, m.rows, start, m.config.train.eval_every)
     n_params = sum(p[0].numel() for p in stack.params)
     for k, m in enumerate(members):
         m.manifest.update(
