@@ -47,8 +47,8 @@ _PART_B: list[tuple[str, dict[str, Any], bool]] = [
     ("wider γ", {"gamma": 100.0}, True),
     ("wider γ", {"gamma": 30.0}, False),
     ("wider γ", {"gamma": 10000.0}, False),
-    ("longer chains", {"gamma": 1000.0, "draws": 1000, "burnin": 500}, False),
-    ("smaller ε", {"gamma": 1000.0, "epsilon": 2e-5, "draws": 1000, "burnin": 500}, False),
+    ("longer chains", {"gamma": 1000.0, "draws": 600, "burnin": 300}, False),
+    ("smaller ε", {"gamma": 1000.0, "epsilon": 2e-5, "draws": 600, "burnin": 300}, False),
     ("nβ x10", {"gamma": 1000.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
     ("nβ x10", {"gamma": 3000.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
     ("nβ x10", {"gamma": 300.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
@@ -175,6 +175,15 @@ def _ours(run: Any, step: int, s: llc.LLCSettings) -> dict[str, Any]:
     }
 
 
+def _wait_for(run: Any, step: int, minutes: float) -> None:
+    """Wait for a training run to save checkpoint ``step``."""
+    path = run.path / "checkpoints" / f"step_{step:06d}.safetensors"
+    t_end = time.time() + 60 * minutes
+    while not path.exists() and time.time() < t_end:
+        time.sleep(20)
+    time.sleep(5)  # let the atomic write finish its rename
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a canonical (nanda2023) run")
@@ -183,6 +192,9 @@ def main() -> None:
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
     ap.add_argument("--no-devinterp", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--wait", type=float, default=0, help="wait up to this many minutes for a checkpoint"
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "llc_gamma.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -231,6 +243,9 @@ def main() -> None:
         print(line, flush=True)
 
     for step in steps:
+        if args.wait:
+            _wait_for(run, step, args.wait)
+            run = groklab.load_run(args.run)  # sees the new checkpoints
         sc = _scales(run, step, gammas, nbeta)
         out["scales"][str(step)] = sc
         save()
@@ -244,8 +259,7 @@ def main() -> None:
             + ", ".join(f"{k}: {v:.3g}" for k, v in sc["prior_only_llc"].items()),
             flush=True,
         )
-    if "a" in args.part:
-        for step in steps:
+        if "a" in args.part:
             for gam in gammas:
                 one(step, replace(_BASE, gamma=gam), "table", not args.no_devinterp)
     if "b" in args.part:

@@ -19,7 +19,11 @@ spread over chains, the ratio of the estimate from the second half of the draws 
 half's (convergence), the share of draws below ``L(w*)``, and the chains that diverged
 (non-finite loss, a loss above a bound, or a per-chain estimate above ``d/2``, which no model
 with ``d`` parameters can have). Diverged chains are excluded and named in ``warnings``: the
-estimator never hands back an enormous number in silence.
+estimator never hands back an enormous number in silence. With ``gamma > 0`` every estimate
+also carries a :class:`GammaCheck`: the estimate at ``gamma / 3`` and ``gamma * 3`` (half the
+chains each, so the check doubles the cost) and ``d log LLC / d log gamma``; beyond
+:data:`GAMMA_SENSITIVE` the localisation, not the loss landscape, sets the value and the
+result says so in ``warnings``.
 
 Which data ``--subset`` selects: the LLC describes the *training* loss landscape, so a subset
 restricts the loss to the *training* rows of one operation. ``add``, ``train/add`` and
