@@ -259,6 +259,7 @@ def test_gamma_check_settings_and_costs() -> None:
         _poly_loss(k), torch.ones(1, dtype=torch.float64), n=100, settings=replace(on, gamma=0.1)
     )
     assert dip.gamma_check.sensitive and math.isnan(dip.gamma_check.elasticity)
+    assert LLCSettings(gamma_check=0).gamma_check is None  # 0 = off, as TOML has no None
     with pytest.raises(ConfigError, match="gamma_check"):
         LLCSettings(gamma_check=1.0)
     with pytest.raises(ConfigError, match="gamma_check_chains"):

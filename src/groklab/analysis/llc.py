@@ -130,8 +130,8 @@ class LLCSettings:
             (:func:`default_max_loss` for runs; no loss bound for generic losses, where only
             non-finite losses and impossible estimates above ``d/2`` count).
         gamma_check: the γ-sensitivity diagnostic (:class:`GammaCheck`): every estimate is
-            repeated at ``gamma / k`` and ``gamma * k`` for this factor ``k``; ``None`` = off
-            (it is also skipped at ``gamma = 0``).
+            repeated at ``gamma / k`` and ``gamma * k`` for this factor ``k``; ``None`` or 0 =
+            off (it is also skipped at ``gamma = 0``).
         gamma_check_chains: chains of each side estimate (same burn-in and draws);
             ``None`` = half the chains (at least 1), so the check doubles the cost.
 
@@ -155,6 +155,8 @@ class LLCSettings:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"llc.{name}={getattr(self, name)!r} is not allowed; {allowed}")
 
+        if self.gamma_check == 0 and not isinstance(self.gamma_check, bool):
+            object.__setattr__(self, "gamma_check", None)  # 0 = off (TOML has no None)
         # Numbers as floats, so that gamma = 1000 (TOML) and 1000.0 (CLI) are the same settings
         # and share one cache key.
         for name in ("epsilon", "gamma", "nbeta", "max_loss", "gamma_check"):
@@ -188,7 +190,7 @@ class LLCSettings:
         if self.gamma_check is not None and not (
             math.isfinite(self.gamma_check) and self.gamma_check > 1
         ):
-            raise bad("gamma_check", "use a factor > 1 such as 3, or None to switch it off")
+            raise bad("gamma_check", "use a factor > 1 such as 3, or 0/None to switch it off")
         c = self.gamma_check_chains
         if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
             raise bad("gamma_check_chains", "use an integer >= 1, or None for half the chains")
