@@ -1,6 +1,6 @@
 """How the LLC of a grokked checkpoint depends on the localisation γ (and what sets it).
 
-    python3 benchmarks/llc_gamma.py --run runs/nanda-s2              # the README's table
+    python3 benchmarks/llc_gamma.py --run runs/nanda-s2 --steps 6000,20000,40000   # README
     python3 benchmarks/llc_gamma.py --run runs/nanda-s2 --part a --no-devinterp
 
 Part a (the README's table): at each ``--steps`` checkpoint, the LLC at γ = 300, 1,000 and
@@ -15,9 +15,12 @@ decay, not the loss), the Hessian trace ``tr H`` (Hutchinson, 8 probes), the qua
 prediction ``nβ tr(H) / 2γ`` of the LLC when the prior dominates, and ``prior``: nβ times
 the mean excess loss of 16 draws from the prior N(w*, I/γ) alone (no loss force).
 
-Part b: the search for a γ-plateau — a wider γ range, larger nβ, smaller ε, longer chains
-(see ``_PART_B``). Every estimate is one thread and one line of output, appended to the
-JSON as it finishes (``benchmarks/results/llc_gamma.json`` or ``--out``).
+Part b: the search for a γ-plateau at one checkpoint (``--search-step``, default the first
+of ``--steps``) — a wider γ range, larger nβ, smaller ε, longer chains (see ``_PART_B``).
+
+Every estimate is one thread and one line of output, appended to the JSON as it finishes
+(``benchmarks/results/llc_gamma.json`` or ``--out``). ``--wait M`` waits up to M minutes for
+each checkpoint of a run still training.
 """
 
 from __future__ import annotations
@@ -42,16 +45,15 @@ ROOT = Path(__file__).resolve().parent
 _BASE = llc.LLCSettings(
     epsilon=1e-4, gamma=1000.0, chains=4, draws=200, burnin=100, batch_size=512, gamma_check=None
 )
-# Part b: (label, overrides) tried at the last --steps checkpoint, and (marked *) at all.
-_PART_B: list[tuple[str, dict[str, Any], bool]] = [
-    ("wider γ", {"gamma": 100.0}, True),
-    ("wider γ", {"gamma": 30.0}, False),
-    ("wider γ", {"gamma": 10000.0}, False),
-    ("longer chains", {"gamma": 1000.0, "draws": 600, "burnin": 300}, False),
-    ("smaller ε", {"gamma": 1000.0, "epsilon": 2e-5, "draws": 600, "burnin": 300}, False),
-    ("nβ x10", {"gamma": 1000.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
-    ("nβ x10", {"gamma": 3000.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
-    ("nβ x10", {"gamma": 300.0, "nbeta": 4640.0, "epsilon": 1e-5}, False),
+# Part b: (label, overrides of _BASE) tried at the --search-step checkpoint.
+_PART_B: list[tuple[str, dict[str, Any]]] = [
+    ("wider γ", {"gamma": 100.0}),
+    ("wider γ", {"gamma": 30.0}),
+    ("longer chains", {"gamma": 1000.0, "draws": 600, "burnin": 300}),
+    ("smaller ε", {"gamma": 1000.0, "epsilon": 2e-5, "draws": 600, "burnin": 300}),
+    ("nβ x10", {"gamma": 1000.0, "nbeta": 4640.0, "epsilon": 1e-5}),
+    ("nβ x10", {"gamma": 3000.0, "nbeta": 4640.0, "epsilon": 1e-5}),
+    ("nβ x10", {"gamma": 300.0, "nbeta": 4640.0, "epsilon": 1e-5}),
 ]
 
 
@@ -190,6 +192,7 @@ def main() -> None:
     ap.add_argument("--steps", default="10000,20000,40000")
     ap.add_argument("--gammas", default="300,1000,3000")
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
+    ap.add_argument("--search-step", type=int, help="part b's checkpoint (default: the first)")
     ap.add_argument("--no-devinterp", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument(
@@ -263,9 +266,11 @@ def main() -> None:
             for gam in gammas:
                 one(step, replace(_BASE, gamma=gam), "table", not args.no_devinterp)
     if "b" in args.part:
-        for label, over, everywhere in _PART_B:
-            for step in steps if everywhere else steps[-1:]:
-                one(step, replace(_BASE, **over), label, False)
+        step = args.search_step if args.search_step is not None else steps[0]
+        if str(step) not in out["scales"]:
+            out["scales"][str(step)] = _scales(run, step, gammas, nbeta)
+        for label, over in _PART_B:
+            one(step, replace(_BASE, **over), label, False)
     print(f"wrote {args.out}")
 
 
