@@ -186,9 +186,41 @@ def _wait_for(run: Any, step: int, minutes: float) -> None:
     time.sleep(5)  # let the atomic write finish its rename
 
 
+def _pm(d: dict[str, Any] | None) -> str:
+    if not d or d.get("llc") is None or not math.isfinite(d["llc"]):
+        return "—" if not d else "all chains diverged"
+    return f"{d['llc']:.3g} ± {d['llc_std']:.2g}"
+
+
+def render(paths: list[Path]) -> str:
+    """The README's markdown table from result files of this script."""
+    head = (
+        "| step | γ | ε | nβ | draws | LLC (groklab) | 2nd/1st half | devinterp | L(w*) | ‖w*‖ "
+        "| sqrt(d/γ) | prior only |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    )
+    lines = [head]
+    for path in paths:
+        res = json.loads(path.read_text())
+        for e in res["estimates"]:
+            s, g = e["settings"], e["groklab"]
+            sc = res["scales"][str(e["step"])]
+            d = sc["d"]
+            prior = sc["prior_only_llc"].get(f"{s['gamma']:g}")
+            lines.append(
+                f"| {e['step']:,} | {s['gamma']:,g} | {s['epsilon']:g} | {e['nbeta']:.4g} "
+                f"| {s['draws']}+{s['burnin']} | {_pm(g)} | {g['convergence_ratio']:.2f} "
+                f"| {_pm(e.get('devinterp'))} | {sc['init_loss']:.2g} | {sc['weight_norm']:.3g} "
+                f"| {math.sqrt(d / s['gamma']):.3g} | {'—' if prior is None else f'{prior:.3g}'} |"
+            )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, required=True, help="a canonical (nanda2023) run")
+    ap.add_argument("--run", type=Path, help="a canonical (nanda2023) run")
+    ap.add_argument(
+        "--render", type=Path, nargs="+", help="print the markdown table of these result files"
+    )
     ap.add_argument("--steps", default="10000,20000,40000")
     ap.add_argument("--gammas", default="300,1000,3000")
     ap.add_argument("--part", choices=["a", "b", "ab"], default="ab")
@@ -200,6 +232,11 @@ def main() -> None:
     )
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "llc_gamma.json")
     args = ap.parse_args()
+    if args.render:
+        print(render(args.render))
+        return
+    if args.run is None:
+        ap.error("--run is required (or --render FILES)")
     torch.set_num_threads(args.threads)
     run = groklab.load_run(args.run)
     steps = [int(v) for v in args.steps.split(",")]
@@ -271,7 +308,7 @@ def main() -> None:
             out["scales"][str(step)] = _scales(run, step, gammas, nbeta)
         for label, over in _PART_B:
             one(step, replace(_BASE, **over), label, False)
-    print(f"wrote {args.out}")
+    print(f"wrote {args.out}\n\n{render([args.out])}")
 
 
 if __name__ == "__main__":
