@@ -206,6 +206,8 @@ def render(paths: list[Path]) -> str:
             sc = res["scales"][str(e["step"])]
             d = sc["d"]
             prior = sc["prior_only_llc"].get(f"{s['gamma']:g}")
+            if prior is not None:  # the prior's mean excess loss, times this row's nβ
+                prior *= e["nbeta"] / sc["nbeta"]
             lines.append(
                 f"| {e['step']:,} | {s['gamma']:,g} | {s['epsilon']:g} | {e['nbeta']:.4g} "
                 f"| {s['draws']}+{s['burnin']} | {_pm(g)} | {g['convergence_ratio']:.2f} "
