@@ -1097,10 +1097,12 @@ def landmarks(df: pd.DataFrame, *, tol: float = 0.1, scale: str = "auto") -> dic
 
     ``scale`` says where the drop is measured: ``"linear"`` in LLC units, ``"log"`` in
     log(LLC), ``"auto"`` (default) log when the peak and every estimate after it are positive,
-    else linear. Through grokking the LLC falls by orders of magnitude (628 → 0.24 on the
-    canonical run), so 10% of the linear drop is still 250× the final level; on the log scale
-    the band is a factor of the same share of the whole fall (``tol`` 0.1 of a 2,600× fall is
-    a factor of 2.2). Returns the scale used as ``level_scale``.
+    else linear. Through grokking the LLC at a fixed γ falls by orders of magnitude (628 → 0.24
+    on the canonical run at γ = 1,000), so 10% of the linear drop is still 250× the final level;
+    on the log scale the band is a factor of the same share of the whole fall (``tol`` 0.1 of a
+    2,600× fall is a factor of 2.2). How large that fall is depends on γ: after grokking the
+    estimates are γ-sensitive (see :class:`GammaCheck`), so read the levelling-off step, not
+    the level. Returns the scale used as ``level_scale``.
     """
     if scale not in ("auto", "log", "linear"):
         raise ConfigError(f"landmarks: scale={scale!r} is not allowed; use auto, log or linear")
