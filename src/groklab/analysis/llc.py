@@ -1101,8 +1101,8 @@ def landmarks(df: pd.DataFrame, *, tol: float = 0.1, scale: str = "auto") -> dic
     on the canonical run at γ = 1,000), so 10% of the linear drop is still 250× the final level;
     on the log scale the band is a factor of the same share of the whole fall (``tol`` 0.1 of a
     2,600× fall is a factor of 2.2). How large that fall is depends on γ: after grokking the
-    estimates are γ-sensitive (see :class:`GammaCheck`), so read the levelling-off step, not
-    the level. Returns the scale used as ``level_scale``.
+    estimates are γ-sensitive (see :class:`GammaCheck`): the level is γ's, not the
+    landscape's. Returns the scale used as ``level_scale``.
     """
     if scale not in ("auto", "log", "linear"):
         raise ConfigError(f"landmarks: scale={scale!r} is not allowed; use auto, log or linear")
