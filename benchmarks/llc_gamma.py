@@ -192,6 +192,10 @@ def _pm(d: dict[str, Any] | None) -> str:
     return f"{d['llc']:.3g} ± {d['llc_std']:.2g}"
 
 
+def _ratio(v: float | None) -> str:
+    return "—" if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+
 def render(paths: list[Path]) -> str:
     """The README's markdown table from result files of this script."""
     head = (
@@ -210,7 +214,7 @@ def render(paths: list[Path]) -> str:
                 prior *= e["nbeta"] / sc["nbeta"]
             lines.append(
                 f"| {e['step']:,} | {s['gamma']:,g} | {s['epsilon']:g} | {e['nbeta']:.4g} "
-                f"| {s['draws']}+{s['burnin']} | {_pm(g)} | {g['convergence_ratio']:.2f} "
+                f"| {s['draws']}+{s['burnin']} | {_pm(g)} | {_ratio(g['convergence_ratio'])} "
                 f"| {_pm(e.get('devinterp'))} | {sc['init_loss']:.2g} | {sc['weight_norm']:.3g} "
                 f"| {math.sqrt(d / s['gamma']):.3g} | {'—' if prior is None else f'{prior:.3g}'} |"
             )
