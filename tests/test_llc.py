@@ -177,6 +177,96 @@ def test_deep_linear_network_of_known_rank(rank: int) -> None:
     assert not res.diverged and res.warnings == ()
 
 
+def _quadratic(w: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    return (w**2).sum()
+
+
+def _quadratic_llc(gamma: float, *, d: int, nbeta: float) -> float:
+    """LLC of L = |w|^2 (curvature h = 2 nbeta per direction) under the prior N(w*, 1/gamma):
+    each direction gives (1/2) h / (h + gamma)."""
+    h = 2 * nbeta
+    return d / 2 * h / (h + gamma)
+
+
+def test_gamma_check_is_stable_on_known_answers() -> None:
+    """Where the loss, not the prior, confines the draws (gamma << nbeta h), the estimate is
+    the known one and barely moves over a factor 9 of gamma: the check says γ-stable."""
+    s = LLCSettings(
+        epsilon=2e-4, gamma=2.0, nbeta=100.0, chains=64, draws=600, burnin=200, batch_size=None
+    )
+    res = estimate_llc(_quadratic, torch.zeros(4, dtype=torch.float64), n=1000, settings=s)
+    gc = res.gamma_check
+    print(f"|w|^2, gamma 2: LLC {res.llc:.3f} vs 2; {gc.describe()}")
+    assert abs(res.llc - 2.0) < 0.1 * 2.0
+    assert gc is not None and gc.factor == 3.0 and gc.chains == 32
+    assert (gc.gamma_lo, gc.gamma_hi) == pytest.approx((2 / 3, 6.0))
+    assert abs(gc.elasticity) < 0.05 and gc.elasticity_se < 0.05
+    assert not gc.sensitive and res.warnings == ()
+    # a flatter known answer (w^4 + w^2: lambda 1/4 + 1/2) is γ-stable too
+    k = torch.tensor([2, 1])
+    s4 = replace(s, epsilon=1e-3, gamma=1.0)
+    res4 = estimate_llc(_poly_loss(k), torch.zeros(2, dtype=torch.float64), n=1000, settings=s4)
+    print(f"w^4 + w^2, gamma 1: LLC {res4.llc:.3f} vs 0.75; {res4.gamma_check.describe()}")
+    assert abs(res4.llc - 0.75) < 0.075
+    assert not res4.gamma_check.sensitive and res4.warnings == ()
+
+
+def test_gamma_check_flags_an_estimate_set_by_the_localisation() -> None:
+    """gamma >> nbeta h: the prior sets the draws' spread, the estimate falls as 1/gamma and
+    the check flags it, with the elasticity of the exact answer -gamma / (h + gamma)."""
+    s = LLCSettings(
+        epsilon=3e-5, gamma=2000.0, nbeta=100.0, chains=64, draws=800, burnin=300, batch_size=None
+    )
+    res = estimate_llc(_quadratic, torch.zeros(4, dtype=torch.float64), n=1000, settings=s)
+    gc = res.gamma_check
+    exact = math.log(
+        _quadratic_llc(6000.0, d=4, nbeta=100.0) / _quadratic_llc(2000 / 3, d=4, nbeta=100.0)
+    ) / (2 * math.log(3))
+    print(f"|w|^2, gamma 2000: LLC {res.llc:.3f}; {gc.describe()}; exact {exact:.3f}")
+    assert res.llc == pytest.approx(_quadratic_llc(2000.0, d=4, nbeta=100.0), rel=0.1)
+    assert gc.llc_lo > res.llc > gc.llc_hi > 0
+    assert gc.elasticity == pytest.approx(exact, abs=0.1)
+    assert gc.sensitive
+    assert any(w.startswith("γ-sensitive") and "localisation" in w for w in res.warnings)
+    assert res.to_dict()["gamma_check"]["sensitive"] is True
+
+
+def test_gamma_check_settings_and_costs() -> None:
+    """Off at gamma = 0 or gamma_check=None; a side estimate <= 0 counts as sensitive; the
+    check's chains and factor are settings that do not change the cache key."""
+    k = torch.tensor([1])
+    s = LLCSettings(
+        epsilon=1e-3, gamma=0.0, nbeta=50.0, chains=4, draws=30, burnin=10, batch_size=None
+    )
+    assert estimate_llc(_poly_loss(k), torch.zeros(1), n=100, settings=s).gamma_check is None
+    s = replace(s, gamma=1.0, gamma_check=None)
+    assert estimate_llc(_poly_loss(k), torch.zeros(1), n=100, settings=s).gamma_check is None
+    on = replace(s, gamma_check=2.0, gamma_check_chains=3)
+    a = estimate_llc(_poly_loss(k), torch.zeros(1, dtype=torch.float64), n=100, settings=s)
+    b = estimate_llc(_poly_loss(k), torch.zeros(1, dtype=torch.float64), n=100, settings=on)
+    # the check runs on its own seed: the estimate itself is the same with or without it
+    np.testing.assert_array_equal(a.trace, b.trace)
+    assert b.gamma_check.chains == 3 and b.gamma_check.gamma_hi == 2.0
+    assert (
+        s.key()
+        == on.key()
+        == LLCSettings.from_dict(
+            {k: v for k, v in s.to_dict().items() if not k.startswith("gamma_check")}
+        ).key()
+    )
+    assert LLCSettings(chains=5).check_chains == 2 and LLCSettings(chains=1).check_chains == 1
+    # starting away from the minimum, the side estimates are negative: sensitive, no number
+    dip = estimate_llc(
+        _poly_loss(k), torch.ones(1, dtype=torch.float64), n=100, settings=replace(on, gamma=0.1)
+    )
+    assert dip.gamma_check.sensitive and math.isnan(dip.gamma_check.elasticity)
+    assert LLCSettings(gamma_check=0).gamma_check is None  # 0 = off, as TOML has no None
+    with pytest.raises(ConfigError, match="gamma_check"):
+        LLCSettings(gamma_check=1.0)
+    with pytest.raises(ConfigError, match="gamma_check_chains"):
+        LLCSettings(gamma_check_chains=0)
+
+
 # --------------------------------------------------------------------------- estimator
 
 
@@ -607,6 +697,37 @@ def test_over_checkpoints_caches_and_recomputes_only_missing(tiny_run: Path) -> 
     assert df3["llc"].iloc[0] != df["llc"].iloc[1]
 
 
+def test_cached_estimates_without_the_gamma_check_get_it(tiny_run: Path) -> None:
+    """A cache made without the γ check (as before it existed) stays readable under the same
+    key; asking for the check recomputes those steps — same estimate, check added."""
+    from groklab.run import load_run
+
+    run = load_run(tiny_run)
+    off = replace(_FAST, gamma_check=None, seed=7)
+    on = replace(off, gamma_check=3.0)
+    old = llc.llc_over_checkpoints(run, off, steps=[40], subset="mul")
+    assert old["gamma_check"].isna().all() and old["gamma_sensitive"].isna().all()
+    seen: list[tuple[int, bool]] = []
+    new = llc.llc_over_checkpoints(
+        run, on, steps=[20, 40], subset="mul", on_step=lambda s, r: seen.append((s, r is None))
+    )
+    assert seen == [(20, False), (40, False)]
+    assert new.set_index("step").loc[40, "llc"] == old["llc"].iloc[0]
+    assert (new["gamma_check"] == 3.0).all() and (new["gamma_check_chains"] == 1).all()
+    assert new["llc_gamma_lo"].notna().all() and new["gamma_sensitive"].isin([0.0, 1.0]).all()
+    seen.clear()
+    llc.llc_over_checkpoints(
+        run, on, steps=[20, 40], subset="mul", on_step=lambda s, r: seen.append((s, r is None))
+    )
+    assert seen == [(20, True), (40, True)]
+    # asking without the check reuses the rows that have it
+    seen.clear()
+    llc.llc_over_checkpoints(
+        run, off, steps=[40], subset="mul", on_step=lambda s, r: seen.append((s, r is None))
+    )
+    assert seen == [(40, True)]
+
+
 def test_calibration_sweeps_and_recommends(tiny_run: Path) -> None:
     from groklab.run import load_run
 
@@ -678,6 +799,7 @@ def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
     )
     assert r.exit_code == 0, r.output
     assert "peak LLC" in r.output
+    assert "γ-sensitive" in r.output or "γ-stable" in r.output
     pngs = list((tiny_run / llc.LLC_DIR).glob("llc-total-mul-*.png"))
     assert pngs and pngs[0].stat().st_size > 0
     bad = CliRunner().invoke(app, ["llc", str(tiny_run), "--subset", "div", "-q"])

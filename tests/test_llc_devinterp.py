@@ -105,8 +105,16 @@ def test_agrees_with_devinterp(small_run: Path) -> None:
     # epoch (a noisier gradient, which raises its estimate by a few percent); groklab draws
     # full batches only. With equal batches the two samplers are the same algorithm.
     assert n == 264
+    # the γ check is groklab's own (devinterp has none): off, the two run the same chains
     s = llc.LLCSettings(
-        epsilon=3e-4, gamma=100.0, chains=8, draws=200, burnin=100, batch_size=66, seed=0
+        epsilon=3e-4,
+        gamma=100.0,
+        chains=8,
+        draws=200,
+        burnin=100,
+        batch_size=66,
+        seed=0,
+        gamma_check=None,
     )
     ours = llc.estimate_llc_at(run, step, s)
     assert not ours.diverged and ours.warnings == ()

@@ -197,6 +197,29 @@ def test_llc_figures():
     assert all(len(t.x) == 120 for t in tr.data)
 
 
+def test_llc_figures_show_the_gamma_check():
+    """Rows with the γ check: the side estimates as thin curves, the elasticity as a panel."""
+    d = synthetic.synthetic_run_data(n_checkpoints=10, draws=20)
+    llc = d.llc.assign(
+        gamma_check=3.0,
+        llc_gamma_lo=d.llc["llc"] * 2,
+        llc_gamma_hi=d.llc["llc"] / 2,
+        gamma_elasticity=-np.log(4) / (2 * np.log(3)),
+        gamma_sensitive=1.0,
+    )
+    fig = F.llc_curve(llc)
+    lo = _traces(fig, "LLC (total) at γ/3")[0]
+    assert np.allclose(lo.y, llc["llc_gamma_lo"], rtol=1e-5)
+    assert _traces(fig, "LLC (total) at γ·3")
+    diag = F.llc_diagnostics(llc)
+    assert [a.text for a in diag.layout.annotations][3] == "d log LLC / d log γ"
+    assert np.allclose(diag.data[-1].y, -0.631, atol=1e-3)
+    # rows cached before the check: no side curves, no elasticity panel
+    old = llc.assign(llc_gamma_lo=np.nan, gamma_elasticity=np.nan)
+    assert not _traces(F.llc_curve(old), "LLC (total) at γ/3")
+    assert len(F.llc_diagnostics(old).layout.annotations) == 3
+
+
 # --------------------------------------------------------------------------- sweep figures
 def test_grokking_vs_variable_counts_never_grokked_runs():
     t = pd.DataFrame(

@@ -19,7 +19,11 @@ spread over chains, the ratio of the estimate from the second half of the draws 
 half's (convergence), the share of draws below ``L(w*)``, and the chains that diverged
 (non-finite loss, a loss above a bound, or a per-chain estimate above ``d/2``, which no model
 with ``d`` parameters can have). Diverged chains are excluded and named in ``warnings``: the
-estimator never hands back an enormous number in silence.
+estimator never hands back an enormous number in silence. With ``gamma > 0`` every estimate
+also carries a :class:`GammaCheck`: the estimate at ``gamma / 3`` and ``gamma * 3`` (half the
+chains each, so the check doubles the cost) and ``d log LLC / d log gamma``; beyond
+:data:`GAMMA_SENSITIVE` the localisation, not the loss landscape, sets the value and the
+result says so in ``warnings``.
 
 Which data ``--subset`` selects: the LLC describes the *training* loss landscape, so a subset
 restricts the loss to the *training* rows of one operation. ``add``, ``train/add`` and
@@ -62,8 +66,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CALIBRATION_FILE",
+    "GAMMA_SENSITIVE",
     "LLC_DIR",
     "Calibration",
+    "GammaCheck",
     "LLCResult",
     "LLCSettings",
     "LossFn",
@@ -94,6 +100,14 @@ It must be made of plain torch operations so that it can be vmapped over chains.
 
 _NBETA_SPECS = ("n/log n", "m/log m")
 
+GAMMA_SENSITIVE = 0.2
+"""An estimate is *γ-sensitive* when ``|d log LLC / d log γ|`` exceeds this: it changes by
+more than 25% per factor of 3 in γ. For a quadratic direction of curvature ``h`` the
+elasticity is ``-γ / (nβ h + γ)``, the share of the localisation in the precision of the
+draws, so 0.2 means the prior N(w*, 1/γ), not the loss, sets a fifth of the answer."""
+
+_CHECK_FIELDS = ("gamma_check", "gamma_check_chains")
+
 
 # --------------------------------------------------------------------------- settings
 
@@ -115,6 +129,14 @@ class LLCSettings:
         max_loss: a chain whose loss exceeds this is diverged; ``None`` = automatic
             (:func:`default_max_loss` for runs; no loss bound for generic losses, where only
             non-finite losses and impossible estimates above ``d/2`` count).
+        gamma_check: the γ-sensitivity diagnostic (:class:`GammaCheck`): every estimate is
+            repeated at ``gamma / k`` and ``gamma * k`` for this factor ``k``; ``None`` or 0 =
+            off (it is also skipped at ``gamma = 0``).
+        gamma_check_chains: chains of each side estimate (same burn-in and draws);
+            ``None`` = half the chains (at least 1), so the check doubles the cost.
+
+    The diagnostic's fields do not enter :meth:`key`: they do not change the estimate itself
+    (its chains and seed are the same with or without the check).
     """
 
     epsilon: float = 3e-4
@@ -126,16 +148,22 @@ class LLCSettings:
     batch_size: int | None = 512
     seed: int = 0
     max_loss: float | None = None
+    gamma_check: float | None = 3.0
+    gamma_check_chains: int | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, allowed: str) -> ConfigError:
             return ConfigError(f"llc.{name}={getattr(self, name)!r} is not allowed; {allowed}")
 
+        if self.gamma_check == 0 and not isinstance(self.gamma_check, bool):
+            object.__setattr__(self, "gamma_check", None)  # 0 = off (TOML has no None)
         # Numbers as floats, so that gamma = 1000 (TOML) and 1000.0 (CLI) are the same settings
         # and share one cache key.
-        for name in ("epsilon", "gamma", "nbeta", "max_loss"):
+        for name in ("epsilon", "gamma", "nbeta", "max_loss", "gamma_check"):
             v = getattr(self, name)
-            if (v is None and name == "max_loss") or (isinstance(v, str) and name == "nbeta"):
+            if (v is None and name in ("max_loss", "gamma_check")) or (
+                isinstance(v, str) and name == "nbeta"
+            ):
                 continue
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise bad(name, "use a number")
@@ -159,6 +187,23 @@ class LLCSettings:
             raise bad("batch_size", "use a positive integer, or None for full batch")
         if self.max_loss is not None and not self.max_loss > 0:
             raise bad("max_loss", "use a positive bound, or None for automatic")
+        if self.gamma_check is not None and not (
+            math.isfinite(self.gamma_check) and self.gamma_check > 1
+        ):
+            raise bad("gamma_check", "use a factor > 1 such as 3, or 0/None to switch it off")
+        c = self.gamma_check_chains
+        if c is not None and (not isinstance(c, int) or isinstance(c, bool) or c < 1):
+            raise bad("gamma_check_chains", "use an integer >= 1, or None for half the chains")
+
+    @property
+    def check_chains(self) -> int:
+        """Chains of each side estimate of the γ check."""
+        return self.gamma_check_chains or max(1, self.chains // 2)
+
+    @property
+    def checks_gamma(self) -> bool:
+        """Whether estimates with these settings carry the γ check."""
+        return self.gamma_check is not None and self.gamma > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -174,8 +219,10 @@ class LLCSettings:
         return cls(**dict(d))
 
     def key(self) -> str:
-        """Short hash naming these settings in cache files."""
-        blob = json.dumps(self.to_dict(), sort_keys=True)
+        """Short hash naming these settings in cache files (the estimate's settings only:
+        the γ check's are recorded per cached row, so caches made before it stay valid)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _CHECK_FIELDS}
+        blob = json.dumps(d, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
@@ -190,6 +237,85 @@ def resolve_nbeta(spec: float | str, *, n: int, batch_size: int | None) -> float
 
 
 # --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class GammaCheck:
+    """How much an estimate depends on the localisation γ.
+
+    The estimate is repeated at ``gamma / factor`` and ``gamma * factor`` (same ε, nβ, draws
+    and burn-in; ``chains`` chains each) and the elasticity ``d log LLC / d log γ`` is read
+    off the two: ``log(llc_hi / llc_lo) / (2 log factor)``. Near 0 the estimate is the loss
+    landscape's; near -1 it is ``nβ tr(H) / 2γ``, set by the prior N(w*, 1/γ) (for a
+    quadratic direction of curvature ``h`` the elasticity is ``-γ / (nβ h + γ)``).
+
+    Attributes:
+        factor: ``k``.
+        chains: chains per side estimate.
+        gamma_lo, gamma_hi: ``gamma / k`` and ``gamma * k``.
+        llc_lo, llc_lo_std, llc_hi, llc_hi_std: the side estimates (mean, sd over chains).
+        elasticity: ``d log LLC / d log γ`` (NaN when a side estimate is not positive).
+        elasticity_se: its standard error from the chains' spread (NaN with one chain).
+        sensitive: ``|elasticity| > GAMMA_SENSITIVE``, or a side estimate is not positive
+            or diverged: the estimate cannot be read as the landscape's.
+    """
+
+    factor: float
+    chains: int
+    gamma_lo: float
+    gamma_hi: float
+    llc_lo: float
+    llc_lo_std: float
+    llc_hi: float
+    llc_hi_std: float
+    elasticity: float
+    elasticity_se: float
+    sensitive: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _num(v) if isinstance(v, float) else v for k, v in asdict(self).items()}
+
+    def describe(self) -> str:
+        """One line: the side estimates and the verdict."""
+        e = (
+            f"d log LLC / d log γ = {self.elasticity:.2f}"
+            if math.isfinite(self.elasticity)
+            else "d log LLC / d log γ undefined (a side estimate is not positive)"
+        )
+        return (
+            f"LLC {self.llc_lo:.4g} at γ={self.gamma_lo:.4g}, {self.llc_hi:.4g} at "
+            f"γ={self.gamma_hi:.4g}: {e}"
+        )
+
+
+def _gamma_check(factor: float, lo: LLCResult, hi: LLCResult) -> GammaCheck:
+    """The elasticity of the estimate in γ from the side estimates ``lo`` and ``hi``."""
+    span = 2 * math.log(factor)
+    if lo.llc > 0 and hi.llc > 0:
+        e = math.log(hi.llc / lo.llc) / span
+        kept = [len(r.llc_per_chain) - len(r.diverged) for r in (lo, hi)]
+        if min(kept) > 1:
+            # se of log(mean) ~ sd / (mean sqrt(chains)), the two sides independent
+            var = sum((r.llc_std / r.llc) ** 2 / k for r, k in zip((lo, hi), kept, strict=True))
+            se = math.sqrt(var) / span
+        else:
+            se = float("nan")
+    else:
+        e = se = float("nan")
+    sensitive = not math.isfinite(e) or abs(e) > GAMMA_SENSITIVE
+    return GammaCheck(
+        factor=factor,
+        chains=len(lo.llc_per_chain),
+        gamma_lo=lo.settings.gamma,
+        gamma_hi=hi.settings.gamma,
+        llc_lo=lo.llc,
+        llc_lo_std=lo.llc_std,
+        llc_hi=hi.llc,
+        llc_hi_std=hi.llc_std,
+        elasticity=e,
+        elasticity_se=se,
+        sensitive=sensitive,
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -211,8 +337,11 @@ class LLCResult:
             per-chain difference of half means); a ratio away from 1 with ``z <= 2`` is noise.
         frac_below_init: share of draws (kept chains) with loss below ``L(w*)``.
         diverged: indices of the chains excluded as diverged.
-        warnings: human-readable problems (divergence, dips, no convergence, ...).
-        seconds: wall time of the sampling.
+        warnings: human-readable problems (divergence, dips, no convergence, γ-sensitive,
+            ...).
+        seconds: wall time of the sampling (the γ check's side estimates included).
+        max_loss: the loss bound above which a chain counts as diverged.
+        gamma_check: the γ-sensitivity diagnostic (``None`` when off or at γ = 0).
     """
 
     llc: float
@@ -231,6 +360,7 @@ class LLCResult:
     warnings: tuple[str, ...] = ()
     seconds: float = 0.0
     max_loss: float | None = None
+    gamma_check: GammaCheck | None = None
 
     @property
     def draws_trace(self) -> np.ndarray:
@@ -255,6 +385,7 @@ class LLCResult:
             "seconds": self.seconds,
             "max_loss": self.max_loss,
             "settings": self.settings.to_dict(),
+            "gamma_check": None if self.gamma_check is None else self.gamma_check.to_dict(),
         }
 
 
@@ -519,7 +650,11 @@ def estimate_llc(
         progress: called as ``progress(step, total)`` every 25 SGLD steps.
 
     Returns:
-        The estimate with its diagnostics.
+        The estimate with its diagnostics; with ``settings.gamma_check`` (the default) and
+        ``gamma > 0`` also the :class:`GammaCheck`: the estimate at ``gamma / k`` and
+        ``gamma * k`` from ``settings.check_chains`` chains each (one more batched run, on
+        its own seed, so the estimate itself is the same with or without the check), and
+        a warning when it is γ-sensitive.
     """
     s = settings or LLCSettings()
     if n < 1:
@@ -528,32 +663,65 @@ def estimate_llc(
     l0 = _init_loss(loss_fn, flat, batched) if init_loss is None else init_loss
     nbeta = resolve_nbeta(s.nbeta, n=n, batch_size=s.batch_size)
     bound = s.max_loss if s.max_loss is not None else max_loss
+    steps = s.burnin + s.draws
+
+    def sample(gammas: list[float], seed: int, prog: Any) -> np.ndarray:
+        c = len(gammas)
+        return (
+            _run_chains(
+                loss_fn,
+                flat,
+                n=n,
+                eps=torch.full((c,), s.epsilon, dtype=torch.float64),
+                gamma=torch.tensor(gammas, dtype=torch.float64),
+                nbeta=torch.full((c,), nbeta, dtype=torch.float64),
+                steps=steps,
+                batch_size=s.batch_size,
+                seed=seed,
+                batched=batched,
+                progress=prog,
+            )
+            .cpu()
+            .numpy()
+        )
+
+    def summary(trace: np.ndarray, settings: LLCSettings, seconds: float) -> LLCResult:
+        return _summarise(
+            trace,
+            init_loss=l0,
+            nbeta=nbeta,
+            n=n,
+            n_params=flat.n_params,
+            settings=settings,
+            max_loss=bound,
+            seconds=seconds,
+        )
+
+    check = s.checks_gamma
     t0 = time.perf_counter()
-    c = s.chains
-    trace = _run_chains(
-        loss_fn,
-        flat,
-        n=n,
-        eps=torch.full((c,), s.epsilon, dtype=torch.float64),
-        gamma=torch.full((c,), s.gamma, dtype=torch.float64),
-        nbeta=torch.full((c,), nbeta, dtype=torch.float64),
-        steps=s.burnin + s.draws,
-        batch_size=s.batch_size,
-        seed=s.seed,
-        batched=batched,
-        progress=progress,
-    )
-    seconds = time.perf_counter() - t0
-    return _summarise(
-        trace.cpu().numpy(),
-        init_loss=l0,
-        nbeta=nbeta,
-        n=n,
-        n_params=flat.n_params,
-        settings=s,
-        max_loss=bound,
-        seconds=seconds,
-    )
+    # progress spans the main run and the check's (2 x check_chains chains, same steps),
+    # counted in main-run steps
+    r = 2 * s.check_chains / s.chains if check else 0.0
+    total = round(steps * (1 + r))
+    main_prog = None if progress is None else (lambda t, _: progress(t, total))
+    trace = sample([s.gamma] * s.chains, s.seed, main_prog)
+    main_seconds = time.perf_counter() - t0
+    res = summary(trace, s, main_seconds)
+    if not check:
+        return res
+    k, cc = float(s.gamma_check or 3.0), s.check_chains
+    lo_s, hi_s = replace(s, gamma=s.gamma / k), replace(s, gamma=s.gamma * k)
+    side_prog = None if progress is None else (lambda t, _: progress(round(steps + t * r), total))
+    side = sample([lo_s.gamma] * cc + [hi_s.gamma] * cc, s.seed + 1, side_prog)
+    gc = _gamma_check(k, summary(side[:cc], lo_s, 0.0), summary(side[cc:], hi_s, 0.0))
+    warns = res.warnings
+    if gc.sensitive:
+        warns = (
+            *warns,
+            f"γ-sensitive: {gc.describe()} (|elasticity| > {GAMMA_SENSITIVE:g}); the "
+            "localisation, not the loss landscape, sets this estimate",
+        )
+    return replace(res, gamma_check=gc, warnings=warns, seconds=time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- runs
@@ -782,9 +950,36 @@ def _row(step: int, res: LLCResult) -> dict[str, Any]:
         "seconds": res.seconds,
         "warnings": " | ".join(res.warnings),
     }
+    gc = res.gamma_check
+    row.update(
+        {
+            "gamma_check": float("nan") if gc is None else gc.factor,
+            "gamma_check_chains": 0 if gc is None else gc.chains,
+            "llc_gamma_lo": float("nan") if gc is None else gc.llc_lo,
+            "llc_gamma_lo_std": float("nan") if gc is None else gc.llc_lo_std,
+            "llc_gamma_hi": float("nan") if gc is None else gc.llc_hi,
+            "llc_gamma_hi_std": float("nan") if gc is None else gc.llc_hi_std,
+            "gamma_elasticity": float("nan") if gc is None else gc.elasticity,
+            "gamma_elasticity_se": float("nan") if gc is None else gc.elasticity_se,
+            # a float (1/0, NaN = not checked) so that rows cached before the check concat
+            "gamma_sensitive": float("nan") if gc is None else float(gc.sensitive),
+        }
+    )
     for c, v in enumerate(res.llc_per_chain):
         row[f"llc_chain_{c}"] = float(v)
     return row
+
+
+def _has_check(row: Mapping[str, Any], settings: LLCSettings) -> bool:
+    """Whether a cached row carries the γ check these settings ask for (rows cached before
+    the check existed, or with another factor or chain count, do not)."""
+    if not settings.checks_gamma:
+        return True
+    factor, chains = row.get("gamma_check"), row.get("gamma_check_chains")
+    try:
+        return float(factor) == settings.gamma_check and int(chains) == settings.check_chains
+    except (TypeError, ValueError):
+        return False
 
 
 def _trace_frame(step: int, trace: np.ndarray) -> pd.DataFrame:
@@ -815,8 +1010,10 @@ def llc_over_checkpoints(
     Results are stored in ``<run>/analysis/llc/llc-<subset>-<settings hash>.parquet`` (one
     row per step: estimate, spread, diagnostics, per-chain estimates), ``...-traces.parquet``
     (every chain's loss at every SGLD step) and ``....json`` (the settings, subset, ``n``,
-    ``nbeta``). Steps already in the cache are not recomputed (unless ``recompute``); the
-    cache is rewritten after every new step, so an interrupted call keeps its progress.
+    ``nbeta``). Steps already in the cache are not recomputed (unless ``recompute``), except
+    a step cached without the γ check that ``settings`` ask for (its estimate comes out the
+    same, the check is added); the cache is rewritten after every new step, so an
+    interrupted call keeps its progress.
 
     Args:
         run: the run.
@@ -840,7 +1037,7 @@ def llc_over_checkpoints(
     cached_rows, _ = (
         (pd.DataFrame({"step": []}), None) if recompute else read_cache(run, s, subset=subset)
     )
-    done = set(int(v) for v in cached_rows["step"]) if len(cached_rows) else set()
+    done = {int(r["step"]) for r in cached_rows.to_dict("records") if _has_check(r, s)}
     from groklab._version import __version__
 
     meta: dict[str, Any] = {
@@ -902,10 +1099,12 @@ def landmarks(df: pd.DataFrame, *, tol: float = 0.1, scale: str = "auto") -> dic
 
     ``scale`` says where the drop is measured: ``"linear"`` in LLC units, ``"log"`` in
     log(LLC), ``"auto"`` (default) log when the peak and every estimate after it are positive,
-    else linear. Through grokking the LLC falls by orders of magnitude (628 → 0.24 on the
-    canonical run), so 10% of the linear drop is still 250× the final level; on the log scale
-    the band is a factor of the same share of the whole fall (``tol`` 0.1 of a 2,600× fall is
-    a factor of 2.2). Returns the scale used as ``level_scale``.
+    else linear. Through grokking the LLC at a fixed γ falls by orders of magnitude (628 → 0.24
+    on the canonical run at γ = 1,000), so 10% of the linear drop is still 250× the final level;
+    on the log scale the band is a factor of the same share of the whole fall (``tol`` 0.1 of a
+    2,600× fall is a factor of 2.2). How large that fall is depends on γ: after grokking the
+    estimates are γ-sensitive (see :class:`GammaCheck`): the level is γ's, not the
+    landscape's. Returns the scale used as ``level_scale``.
     """
     if scale not in ("auto", "log", "linear"):
         raise ConfigError(f"landmarks: scale={scale!r} is not allowed; use auto, log or linear")

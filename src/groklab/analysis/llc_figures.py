@@ -131,6 +131,42 @@ def plot_calibration(cal: Calibration, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+def _draw_gamma_check(
+    ax: Any, d: pd.DataFrame, x: np.ndarray, y: np.ndarray, *, color: str, label: str
+) -> None:
+    """The γ check's side estimates (thin dashed, at γ/k and γ·k) and rings around the
+    γ-sensitive estimates, when the rows carry the check."""
+    if "llc_gamma_lo" not in d or not d["llc_gamma_lo"].notna().any():
+        return
+    k = d["gamma_check"].dropna()
+    k_txt = f"{k.iloc[0]:g}" if len(k) else "k"
+    for col, ls, what in (
+        ("llc_gamma_lo", "--", f"γ/{k_txt}"),
+        ("llc_gamma_hi", ":", f"γ·{k_txt}"),
+    ):
+        ax.plot(
+            x,
+            d[col].to_numpy(dtype=float),
+            color=color,
+            lw=0.9,
+            ls=ls,
+            alpha=0.8,
+            label=f"LLC ({label}) at {what}",
+        )
+    flag = d["gamma_sensitive"].to_numpy(dtype=float) > 0
+    if flag.any():
+        ax.plot(
+            x[flag],
+            y[flag],
+            "o",
+            mfc="none",
+            mec="darkorange",
+            ms=8,
+            mew=1.3,
+            label="γ-sensitive (|d log LLC/d log γ| > 0.2)",
+        )
+
+
 def plot_llc_over_training(
     curves: Mapping[str, pd.DataFrame],
     metrics: pd.DataFrame,
@@ -142,6 +178,10 @@ def plot_llc_over_training(
     logx: bool = False,
 ) -> Path:
     """LLC over training (mean ± chain spread per curve) with loss curves on a second axis.
+
+    When the rows carry the γ check, each curve's side estimates at ``γ/k`` and ``γ·k`` are
+    drawn thin (dashed, dotted) and the γ-sensitive estimates ringed in orange: where the
+    three curves part, the localisation sets the value.
 
     Args:
         curves: label → rows of :func:`~groklab.analysis.llc.llc_over_checkpoints`.
@@ -162,6 +202,7 @@ def plot_llc_over_training(
         sd = d["llc_std"].to_numpy(dtype=float)
         ax.plot(x, y, color=color, lw=1.6, marker="o", ms=2.5, label=f"LLC ({label})")
         ax.fill_between(x, y - sd, y + sd, color=color, alpha=0.2, lw=0)
+        _draw_gamma_check(ax, d, x, y, color=color, label=label)
         bad = d["n_diverged"].to_numpy() > 0 if "n_diverged" in d else np.zeros(len(d), bool)
         if bad.any():
             ax.plot(x[bad], y[bad], "x", color="red", ms=6, label="chains diverged (excluded)")

@@ -72,6 +72,8 @@ def _settings(run: Any, overrides: dict[str, Any], use_calibration: bool) -> tup
     given = {k: v for k, v in overrides.items() if v is not None}
     if "batch_size" in given and given["batch_size"] == 0:
         given["batch_size"] = None
+    if "gamma_check" in given and given["gamma_check"] == 0:
+        given["gamma_check"] = None
     if given:
         origin += " + " + ", ".join(f"{k}={v}" for k, v in given.items())
     return replace(base, **given), origin
@@ -85,6 +87,14 @@ _DRAWS = typer.Option("--draws", help="draws per chain")
 _BURNIN = typer.Option("--burnin", help="burn-in steps per chain (discarded)")
 _BATCH = typer.Option("--batch-size", help="minibatch rows per step; 0 = full batch")
 _SEED = typer.Option("--seed", help="sampler seed")
+_GCHECK = typer.Option(
+    "--gamma-check",
+    help="γ-sensitivity check: also estimate at γ/K and γ·K and report d log LLC / d log γ "
+    "(default K = 3; 0 = off)",
+)
+_GCHAINS = typer.Option(
+    "--gamma-check-chains", help="chains of each side estimate of the γ check (default: half)"
+)
 _DEVICE = typer.Option("--device", help="cpu, cuda or cuda:N")
 
 
@@ -113,6 +123,8 @@ def run_cmd(
     burnin: Annotated[int | None, _BURNIN] = None,
     batch_size: Annotated[int | None, _BATCH] = None,
     seed: Annotated[int | None, _SEED] = None,
+    gamma_check: Annotated[float | None, _GCHECK] = None,
+    gamma_check_chains: Annotated[int | None, _GCHAINS] = None,
     no_calibration: Annotated[
         bool,
         typer.Option("--no-calibration", help="ignore the saved calibration's recommendation"),
@@ -127,6 +139,7 @@ def run_cmd(
     Settings: the latest `groklab llc calibrate` recommendation if there is one, else the
     defaults; any option given here overrides it. They are recorded next to the results.
     """
+    import pandas as pd
     from rich.table import Table
 
     from groklab.analysis import llc
@@ -146,6 +159,8 @@ def run_cmd(
                 "burnin": burnin,
                 "batch_size": batch_size,
                 "seed": seed,
+                "gamma_check": gamma_check,
+                "gamma_check_chains": gamma_check_chains,
             },
             not no_calibration,
         )
@@ -170,22 +185,53 @@ def run_cmd(
         summary = run.summary()
         for name, df in curves.items():
             t = Table(title=f"LLC ({name})", title_justify="left")
-            for col in ("step", "LLC", "± chains", "2nd/1st half", "below L(w*)", "diverged"):
+            k = settings.gamma_check
+            side = (
+                [
+                    f"at γ={settings.gamma / k:.4g}",
+                    f"at γ={settings.gamma * k:.4g}",
+                    "dlogLLC/dlogγ",
+                ]
+                if settings.checks_gamma and k
+                else []
+            )
+            for col in ("step", "LLC", "± chains", *side, "2nd/1st half", "below L(w*)"):
                 t.add_column(col, justify="right")
+            t.add_column("diverged", justify="right")
+            t.add_column("L(w*)", justify="right")
             t.add_column("test loss", justify="right")
             test = dict(zip(metrics["step"], metrics.get("test/loss", []), strict=False))
             for r in df.to_dict("records"):
                 tl = test.get(r["step"])
+                cells = [_g(r.get("llc_gamma_lo")), _g(r.get("llc_gamma_hi")), _elast(r)]
                 t.add_row(
                     str(int(r["step"])),
                     _g(r["llc"]),
                     _g(r["llc_std"]),
+                    *cells[: len(side)],
                     _g(r["convergence_ratio"], 3),
                     f"{r['frac_below_init']:.1%}" if _ok(r["frac_below_init"]) else "—",
                     str(int(r["n_diverged"])) or "0",
+                    _g(r.get("init_loss"), 3),
                     _g(tl),
                 )
             console.print(t)
+            if side:
+                flagged = df.get("gamma_sensitive", pd.Series(dtype=float)).fillna(0) > 0
+                if flagged.any():
+                    err_console.print(
+                        f"{name}: {int(flagged.sum())} of {len(df)} estimates are γ-sensitive "
+                        f"(marked !: |d log LLC / d log γ| > {llc.GAMMA_SENSITIVE:g}, or a side "
+                        "estimate ≤ 0): there the localisation γ, not the loss landscape, sets "
+                        "the value; compare them across γ only with care",
+                        highlight=False,
+                    )
+                else:
+                    console.print(
+                        f"{name}: every estimate is γ-stable (|d log LLC / d log γ| ≤ "
+                        f"{llc.GAMMA_SENSITIVE:g} between γ/{k:g} and γ·{k:g})",
+                        highlight=False,
+                    )
             lm = llc.landmarks(df)
             console.print(
                 f"{name}: peak LLC {_g(lm['peak_llc'])} at step {lm['peak_step']}; levelled off "
@@ -331,6 +377,21 @@ def _ok(v: Any) -> bool:
 
 def _g(v: Any, digits: int = 4) -> str:
     return f"{float(v):.{digits}g}" if _ok(v) else "—"
+
+
+def _elast(row: dict[str, Any]) -> str:
+    """The γ check's elasticity cell: value ± se, ``!`` when γ-sensitive."""
+    e, se, flag = (
+        row.get("gamma_elasticity"),
+        row.get("gamma_elasticity_se"),
+        row.get("gamma_sensitive"),
+    )
+    if not _ok(flag):
+        return "—"  # cached before the check
+    text = f"{float(e):.2f}" if _ok(e) else "n/a"
+    if _ok(se):
+        text += f" ± {float(se):.2f}"
+    return text + (" !" if float(flag) > 0 else "")
 
 
 @app.command("calibrate")

@@ -696,6 +696,20 @@ def _llc_section(d: RunData) -> Section:
         if "warnings" in d.llc
         else d.llc.iloc[:0]
     )
+    if "gamma_sensitive" in d.llc and d.llc["gamma_sensitive"].notna().any():
+        for sub, g in d.llc.groupby("series", sort=False):
+            checked = g["gamma_sensitive"].notna()
+            if checked.any():
+                n_flag = int((g.loc[checked, "gamma_sensitive"] > 0).sum())
+                e = g.loc[checked, "gamma_elasticity"].dropna()
+                rng = f"; d log LLC / d log γ from {e.min():.2f} to {e.max():.2f}" if len(e) else ""
+                rows.append(
+                    (
+                        f"γ check ({sub})",
+                        f"{n_flag} of {int(checked.sum())} estimates γ-sensitive "
+                        f"(|d log LLC / d log γ| > 0.2){rng}",
+                    )
+                )
     body = kv_table(rows)
     if len(warn):
         body += sortable_table(
@@ -712,9 +726,11 @@ def _llc_section(d: RunData) -> Section:
         html=Markup(body),
         caption=html.escape(
             "SGLD estimate at each analysed checkpoint (mean ± sd over chains), test loss on the "
-            "right axis; diagnostics: the second-half / first-half ratio of each estimate "
-            "(≈ 1 = converged), the share of draws below L(w*) and the chains excluded as "
-            "diverged."
+            "right axis; thin dashed and dotted: the same estimate at γ/k and γ·k (the γ "
+            "check). Diagnostics: the second-half / first-half ratio of each estimate "
+            "(≈ 1 = converged), the share of draws below L(w*), the chains excluded as "
+            "diverged, and d log LLC / d log γ: outside ±0.2 the estimate is γ-sensitive — "
+            "the localisation, not the loss landscape, sets its value."
         ),
     )
 

@@ -860,6 +860,26 @@ def llc_curve(
                 ),
                 secondary_y=False,
             )
+        if "llc_gamma_lo" in g and g["llc_gamma_lo"].notna().any():
+            k = g["gamma_check"].dropna()
+            k_txt = f"{k.iloc[0]:g}" if len(k) else "k"
+            for col, dash, what in (
+                ("llc_gamma_lo", "dash", f"γ/{k_txt}"),
+                ("llc_gamma_hi", "dot", f"γ·{k_txt}"),
+            ):
+                fig.add_trace(
+                    go.Scatter(
+                        x=x,
+                        y=_f32(g[col].to_numpy(float)),
+                        mode="lines",
+                        name=f"LLC ({name}) at {what}",
+                        legendgroup=name,
+                        line={"color": colour, "width": 1.1, "dash": dash},
+                        hovertemplate=f"step %{{x}}<br>LLC at {what} %{{y:.4g}}<extra>{name}"
+                        "</extra>",
+                    ),
+                    secondary_y=False,
+                )
         fig.add_trace(
             go.Scatter(
                 x=x,
@@ -914,14 +934,19 @@ def llc_diagnostics(llc: pd.DataFrame) -> go.Figure:
     Panels (each drawn when its column exists): ``convergence_ratio`` (estimate from the
     second half of the draws / from the first half; ≈ 1 = converged), ``frac_below_init``
     (share of draws with loss below L(w*); large = w* is not a local minimum for the
-    sampler), ``n_diverged`` (chains excluded as diverged).
+    sampler), ``n_diverged`` (chains excluded as diverged), ``gamma_elasticity`` (the γ
+    check's ``d log LLC / d log γ``; outside ±0.2 = γ-sensitive, the localisation sets the
+    value).
     """
     spec = (
         ("convergence_ratio", "second half / first half"),
         ("frac_below_init", "share of draws below L(w*)"),
         ("n_diverged", "chains diverged (excluded)"),
+        ("gamma_elasticity", "d log LLC / d log γ"),
     )
-    panels = [(c, t) for c, t in spec if c in llc]
+    panels = [
+        (c, t) for c, t in spec if c in llc and (c != "gamma_elasticity" or llc[c].notna().any())
+    ]
     fig = make_subplots(
         rows=1,
         cols=max(1, len(panels)),
@@ -948,6 +973,9 @@ def llc_diagnostics(llc: pd.DataFrame) -> go.Figure:
             )
         if col == "convergence_ratio":
             fig.add_hline(y=1, line={"dash": "dash", "color": "#555", "width": 1}, row=1, col=c)
+        if col == "gamma_elasticity":
+            for y in (-0.2, 0.2):  # GAMMA_SENSITIVE of groklab.analysis.llc
+                fig.add_hline(y=y, line={"dash": "dash", "color": "#555", "width": 1}, row=1, col=c)
         fig.update_xaxes(title="step", row=1, col=c)
     _layout(fig, title="LLC diagnostics", height=420)
     return fig
