@@ -143,16 +143,22 @@ READERS = {
 }
 
 
-@pytest.mark.parametrize("reader", list(READERS))
-@pytest.mark.parametrize("damage", list(DAMAGES))
+# show and report read no weights, so damaged weights are not theirs to find
+_WEIGHT_DAMAGE = ("final-checkpoint-truncated", "middle-checkpoint-binary")
+
+
+@pytest.mark.parametrize(
+    ("reader", "damage"),
+    [
+        (r, d)
+        for d in DAMAGES
+        for r in READERS
+        if not (d in _WEIGHT_DAMAGE and r in ("show", "report"))
+    ],
+)
 def test_reader_of_a_damaged_run_says_which_file_in_one_line(
     reader: str, damage: str, made: dict[str, Path], cli, tmp_path: Path
 ) -> None:
-    if damage in ("final-checkpoint-truncated", "middle-checkpoint-binary") and reader in (
-        "show",
-        "report",
-    ):
-        pytest.skip("show and report read no weights")
     run = tmp_path / "run"
     shutil.copytree(made["done"], run)
     damage_fn, name = DAMAGES[damage]
@@ -282,13 +288,23 @@ def test_an_untouched_config_matches_even_if_groklab_writes_configs_differently(
         load_run(run)
 
 
-def test_unreadable_files_are_named_even_without_permission(made, cli, tmp_path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads every file")
+def test_unreadable_files_are_named_even_without_permission(
+    made, cli, tmp_path, monkeypatch
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(made["done"], run)
     (run / "metrics.parquet").chmod(0)
-    one_line_error(cli("show", run), "metrics.parquet")
+    if os.geteuid() == 0:  # root reads every file: let the reader meet the error it would get
+        real = pd.read_parquet
+
+        def denied(path, *args, **kwargs):
+            if Path(path).name == "metrics.parquet":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path, *args, **kwargs)
+
+        monkeypatch.setattr(pd, "read_parquet", denied)
+    line = one_line_error(cli("show", run), "metrics.parquet")
+    assert "permission denied" in line
 
 
 def test_analyze_recomputes_a_damaged_analysis_cache(made, cli, tmp_path) -> None:
