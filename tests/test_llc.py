@@ -14,6 +14,7 @@ import torch
 from conftest import import_extra
 from groklab.analysis import llc
 from groklab.analysis.llc import LLCSettings, estimate_llc
+from groklab.analysis.llc import calibration as llc_calibration
 from groklab.errors import ConfigError
 
 
@@ -478,7 +479,8 @@ def test_calibration_recommends_the_smallest_passing_gamma_at_the_largest_passin
         ]
         return torch.tensor(np.stack(rows), dtype=torch.float64)
 
-    monkeypatch.setattr(llc, "_run_chains", fake_chains)
+    # calibrate() looks the sampler up in its own module
+    monkeypatch.setattr(llc_calibration, "_run_chains", fake_chains)
     base = LLCSettings(chains=2, draws=200, burnin=40, batch_size=None)
     cal = llc.calibrate(
         run,
