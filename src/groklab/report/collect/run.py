@@ -1,10 +1,10 @@
 """Read one run directory into a :class:`RunData`: config, manifest, metrics and cached analyses.
 
-This is the only place that touches a run directory for the report. It reads the config,
-manifest and metrics, calls the analysis modules' *cached-result* loaders (Fourier circuit
-snapshots, the LLC cache; never a computation over checkpoints: that is ``groklab analyze`` /
-``groklab llc``) and runs the cheap curve detectors (loss spikes, phase changes) on the metrics
-table. What is missing stays ``None`` and the sections say which command makes it.
+It reads the config, manifest and metrics, calls the analysis modules' *cached-result*
+loaders (Fourier circuit snapshots, the LLC cache; never a computation over checkpoints: that
+is ``groklab analyze`` / ``groklab llc``) and runs the cheap curve detectors (loss spikes,
+phase changes) on the metrics table. What is missing stays ``None`` and the sections say which
+command makes it. The sweep report reads each run's cached LLC through the same loader.
 """
 
 from __future__ import annotations
