@@ -181,3 +181,33 @@ def test_planted_circuit_rejects_bad_input(tmp_path):
     write_planted_run(tmp_path / "a", PlantedCircuit(p=11, freqs=(2,), amplitudes=(1.0,)))
     with pytest.raises(groklab.errors.RunExistsError):
         write_planted_run(tmp_path / "a", PlantedCircuit(p=11, freqs=(3,), amplitudes=(1.0,)))
+
+
+def test_a_run_continued_from_a_grokked_checkpoint_groks_at_step_0(planted, tmp_path):
+    # Continued from the planted (grokked) weights, test accuracy is >= 99% at step 0: the
+    # analysis must say step 0, not "never" (0 is a step, not a missing value).
+    src = planted["add-transformer"]
+    out = tmp_path / "continued"
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--from-checkpoint",
+            f"{src}@1000",
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.eval_every=10",
+            "--set",
+            "train.checkpoint_every=10",
+            "--out",
+            str(out),
+            "-q",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    assert load_run(out).metrics["test/acc"].iloc[0] >= 0.99
+    res = runner.invoke(app, ["analyze", str(out), "--no-figures"])
+    assert res.exit_code == 0, res.output
+    row = next(line for line in res.output.splitlines() if "grokking step" in line)
+    assert [c.strip() for c in row.split("│") if c.strip()][-1] == "0"

@@ -26,6 +26,11 @@ def _fmt_loss(x: Any) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3g}"
 
 
+def _step_or_never(step: int | None) -> str:
+    """A step, or "never" when there is none (step 0 is a step)."""
+    return "never" if step is None else str(step)
+
+
 def _span(span: Any) -> str:
     if span is None:
         return "not reached"
@@ -84,10 +89,10 @@ def _print_summary(run: Any, result: Any, figures: list[Path], console: Any) -> 
     t.add_row("memorisation", _span(ph.memorisation))
     t.add_row("circuit formation", _span(ph.circuit_formation))
     t.add_row("cleanup", _span(ph.cleanup))
-    t.add_row("grokking step (test acc ≥ 99%)", str(ph.grokking_step or "never"))
+    t.add_row("grokking step (test acc ≥ 99%)", _step_or_never(ph.grokking_step))
     if len(ph.grokking_step_by_op) > 1:
         for op, s in ph.grokking_step_by_op.items():
-            t.add_row(f"  {op}", str(s or "never"))
+            t.add_row(f"  {op}", _step_or_never(s))
     if figures:
         t.add_row("figures", str(figures[0].parent))
     console.print(t)
