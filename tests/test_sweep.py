@@ -22,6 +22,7 @@ from groklab.cli import app
 from groklab.errors import ConfigError
 from groklab.store import read_manifest
 from groklab.studies import draw_study_figures
+from groklab.sweep import bisection as sweep_bisection
 
 TINY = """
 name = "tiny"
@@ -346,8 +347,9 @@ def test_bisection_finds_the_critical_value(
     def fake_generalised(out: Path, b) -> bool:
         return float(out.name.split("=")[1].split("__")[0]) >= 0.37
 
-    monkeypatch.setattr(sw, "run_many", fake_run_many)
-    monkeypatch.setattr(sw, "_generalised", fake_generalised)
+    # bisect_sweep looks both up in its own module, not in the package namespace
+    monkeypatch.setattr(sweep_bisection, "run_many", fake_run_many)
+    monkeypatch.setattr(sweep_bisection, "_generalised", fake_generalised)
     spec = sw.parse_spec(
         {
             "seeds": [0, 1, 2],
@@ -389,7 +391,7 @@ def test_bisection_verdict_is_a_majority_of_seeds_on_real_metrics(
             pd.DataFrame(metrics).to_parquet(o / "metrics.parquet")
         return [{"out": str(o), "status": "completed", "error": None} for o in outs]
 
-    monkeypatch.setattr(sw, "run_many", fake_run_many)
+    monkeypatch.setattr(sweep_bisection, "run_many", fake_run_many)
     spec = sw.parse_spec(
         {
             "seeds": [0, 1, 2],

@@ -1,0 +1,379 @@
+"""The executor: running many runs on local worker processes or on a Ray cluster.
+
+:func:`run_many` runs a list of (config, directory) items: a run that needs no work is
+answered without starting a worker, the rest go to a local process pool (each worker pinned
+to the thread policy's count and exiting with its parent) or to Ray tasks; a failure is
+recorded and the other runs go on. A live progress display shows what each worker is doing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from groklab.config import RunConfig, load_config
+from groklab.errors import ConfigError
+from groklab.store import CONFIG, METRICS, read_manifest
+from groklab.sweep.analyses import resolve_analysis
+from groklab.sweep.spec import DONE_STATUSES
+from groklab.sweep.worker import _already_done, _run_one
+
+
+def _init_worker(threads: int, parent_pid: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int, *, poll_s: float = 1.0) -> None:
+    """Start a daemon thread that ends this worker as soon as the sweep that started it is gone.
+
+    A sweep killed with SIGKILL cannot shut its pool down, and a worker blocked on the task
+    queue never sees EOF (it holds both ends of that pipe itself), so without this it would
+    sleep forever holding its memory, the resource tracker and its run's lock. The parent
+    holds the write end of the spawn pipe until the end (``parent_process().sentinel`` turns
+    readable when it dies); the reparenting check (``os.getppid()``) covers starts without
+    that sentinel. ``os._exit`` skips cleanup on purpose: run files are written atomically
+    and a killed run resumes from its last state.
+    """
+    import multiprocessing.connection as mpc
+
+    parent = multiprocessing.parent_process()
+    sentinel = getattr(parent, "sentinel", None)
+
+    def watch() -> None:
+        while True:
+            if sentinel is not None:
+                gone = bool(mpc.wait([sentinel], timeout=poll_s))
+            else:  # pragma: no cover - every spawn start has the sentinel
+                time.sleep(poll_s)
+                gone = False
+            if gone or os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="groklab-exit-with-parent", daemon=True).start()
+
+
+def _parse_time(s: str | None) -> datetime | None:
+    if not s:
+        return None
+    try:
+        return datetime.fromisoformat(s)
+    except ValueError:
+        return None
+
+
+class _Display:
+    """Live overall progress: runs done/total, running (with their step), failed, skipped.
+
+    A poll thread reads the run directories (manifest + metrics), so it works the same for
+    every backend that writes to storage this process can see.
+    """
+
+    def __init__(self, enabled: bool, outs: list[Path], labels: list[str], title: str) -> None:
+        self.enabled = enabled
+        self.outs, self.labels = outs, labels
+        self.done = self.failed = self.skipped = 0
+        self.finished: set[int] = set()
+        self.launch = datetime.now(timezone.utc).replace(microsecond=0)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        self.total = self.bar.add_task(f"[bold]{title}", total=len(outs), info="")
+        self.sub: dict[int, Any] = {}
+        self.bar.start()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def record(self, i: int, res: dict[str, Any]) -> None:
+        with self._lock:
+            self.finished.add(i)
+            self.done += 1
+            if res["status"] not in DONE_STATUSES:
+                self.failed += 1
+            elif res.get("action") == "skipped":
+                self.skipped += 1
+        if self.enabled:
+            if res["status"] not in DONE_STATUSES:
+                from rich.text import Text
+
+                line = Text("failed ", style="red")
+                line.append(f"{self.labels[i]}: {res['error']}")
+                self.bar.console.print(line, highlight=False)
+            self._refresh()
+
+    def _running(self) -> dict[int, tuple[int, int]]:
+        out = {}
+        for i, p in enumerate(self.outs):
+            if i in self.finished:
+                continue
+            m = read_manifest(p)
+            started = _parse_time(m.get("started_at"))
+            if m.get("status") != "running" or started is None or started < self.launch:
+                continue
+            step = 0
+            with contextlib.suppress(Exception):
+                step = int(pd.read_parquet(p / METRICS, columns=["step"])["step"].iloc[-1])
+            total = 0
+            with contextlib.suppress(Exception):
+                total = load_config(p / CONFIG).train.steps
+            out[i] = (step, total)
+        return out
+
+    def _refresh(self) -> None:
+        running = self._running()
+        with self._lock:
+            info = f"{len(running)} running · {self.failed} failed · {self.skipped} skipped"
+            self.bar.update(self.total, completed=self.done, info=info)
+            for i in list(self.sub):
+                if i not in running:
+                    self.bar.remove_task(self.sub.pop(i))
+            for i, (step, total) in running.items():
+                if i not in self.sub:
+                    self.sub[i] = self.bar.add_task(
+                        f"  {self.labels[i]}", total=total or None, info=""
+                    )
+                self.bar.update(self.sub[i], completed=step, info="(step at last checkpoint)")
+
+    def _poll(self) -> None:
+        while not self._stop.wait(1.0):
+            with contextlib.suppress(Exception):
+                self._refresh()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        self._stop.set()
+        self.thread.join(timeout=5)
+        with contextlib.suppress(Exception):
+            self._refresh()
+        self.bar.stop()
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError(
+            "backend='ray' needs Ray; install it with: pip install 'groklab[ray]'"
+        ) from None
+    return ray
+
+
+def _run_local(
+    jobs: list[tuple[RunConfig, str]],
+    analyses: tuple[str, ...],
+    options: dict[str, dict[str, Any]],
+    workers: int,
+    on_done: Callable[[int, dict], None],
+    threads: int | None = None,
+) -> None:
+    if workers <= 1:
+        # In this process: no start-up cost; the caller's torch threads unless told.
+        for i, (cfg, out) in enumerate(jobs):
+            on_done(i, _run_one(cfg, out, analyses, options, threads))
+        return
+    if threads is None:
+        from groklab.train.threads import default_threads
+
+        # the cores the thread policy would give one run, shared out (one core left free)
+        threads = max(1, default_threads() // workers)
+    ctx = multiprocessing.get_context("spawn")
+    todo = list(range(len(jobs)))
+    # A worker killed from outside (OOM killer) breaks the whole pool; the jobs it took down
+    # go to a fresh pool (each resumes from its last state). Give up after three pools.
+    for attempt in range(3):
+        broken: list[int] = []
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(todo)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(threads, os.getpid()),
+        ) as pool:
+            futs = {pool.submit(_run_one, *jobs[i], analyses, options, threads): i for i in todo}
+            for fut in as_completed(futs):
+                i = futs[fut]
+                try:
+                    on_done(i, fut.result())
+                except BrokenProcessPool:
+                    broken.append(i)
+        if not broken:
+            return
+        todo = sorted(broken)
+        if attempt == 2:
+            for i in todo:
+                on_done(
+                    i,
+                    {
+                        "out": jobs[i][1],
+                        "status": "failed",
+                        "error": "its worker process died three times (killed from outside?)",
+                        "action": None,
+                    },
+                )
+
+
+def _run_ray(
+    jobs: list[tuple[RunConfig, str]],
+    analyses: tuple[str, ...],
+    options: dict[str, dict[str, Any]],
+    workers: int,
+    address: str | None,
+    on_done: Callable[[int, dict], None],
+) -> None:
+    ray = _import_ray()
+    started = False
+    if not ray.is_initialized():
+        import logging
+
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        started = True
+    try:
+        remote = ray.remote(num_cpus=1)(_run_one)
+        cap = workers if workers and workers > 0 else len(jobs)
+        queue = list(range(len(jobs)))
+        pending: dict[Any, int] = {}
+        while queue or pending:
+            while queue and len(pending) < cap:
+                i = queue.pop(0)
+                pending[remote.remote(*jobs[i], analyses, options, 1)] = i
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            for ref in ready:
+                i = pending.pop(ref)
+                try:
+                    res = ray.get(ref)
+                except Exception as e:  # a worker crash or lost node, after Ray's retries
+                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                    res = {
+                        "out": jobs[i][1],
+                        "status": "failed",
+                        "error": f"ray: {type(e).__name__}: {first}",
+                        "action": None,
+                    }
+                on_done(i, res)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_many(
+    configs: list[RunConfig],
+    outs: list[Path],
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+    analyses: Sequence[str] = (),
+    analysis_options: dict[str, dict[str, Any]] | None = None,
+    labels: Sequence[str] | None = None,
+    title: str = "sweep",
+    threads: int | None = None,
+) -> list[dict]:
+    """Train each config into its run directory, ``workers`` at a time.
+
+    A run whose manifest says completed (or diverged) with the same config is skipped; a run
+    with a saved state is resumed; otherwise it starts. A failure in one run (including a
+    directory that holds a different run) is recorded and does not stop the others.
+
+    Args:
+        configs: one config per run.
+        outs: one run directory per config.
+        workers: local backend: worker processes (1 = in this process). Ray backend: the most
+            runs in flight at once (0 = as many as the cluster schedules, one CPU each).
+        backend: ``local`` or ``ray``.
+        address: Ray cluster address (``auto``, ``ray://host:10001``); None = the running
+            Ray instance, or a new local one.
+        progress: show a live overall progress display.
+        analyses: analysis names (see :data:`ANALYSES`) run after each finished run.
+        analysis_options: keyword options per analysis name.
+        labels: display names of the runs (default: the directory names).
+        title: display title.
+        threads: local backend: torch threads of each run (None: in this process, the
+            caller's setting; in workers, ``default_threads() // workers``, at least 1 — see
+            :mod:`groklab.train.threads`).
+
+    Returns:
+        One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
+        ``error`` (None or one line), ``action`` (started, resumed, skipped or None),
+        ``seconds``, and ``analyses`` (name → result) when any ran.
+    """
+    if len(configs) != len(outs):
+        raise ConfigError(f"run_many: {len(configs)} configs but {len(outs)} out dirs")
+    if backend not in ("local", "ray"):
+        raise ConfigError(f"backend={backend!r} is not allowed; allowed: local, ray")
+    if backend == "local" and workers < 1:
+        raise ConfigError(f"workers={workers} is not allowed; must be >= 1 for the local backend")
+    outs_abs = [Path(o).resolve() for o in outs]
+    if len(set(outs_abs)) != len(outs_abs):
+        raise ConfigError("run_many: two runs share one out dir")
+    analyses = tuple(analyses)
+    for a in analyses:
+        resolve_analysis(a)
+    options = {k: dict(v) for k, v in (analysis_options or {}).items()}
+    if backend == "ray":
+        _import_ray()
+    jobs = [(c, str(o)) for c, o in zip(configs, outs_abs, strict=True)]
+    results: list[dict | None] = [None] * len(jobs)
+    display = _Display(progress, outs_abs, list(labels or [o.name for o in outs_abs]), title)
+
+    def on_done(i: int, res: dict) -> None:
+        results[i] = res
+        display.record(i, res)
+
+    todo = []
+    for i, (cfg, out) in enumerate(jobs):
+        done = _already_done(cfg, Path(out), analyses, options)
+        if done is not None:
+            on_done(i, done)
+        else:
+            todo.append(i)
+    try:
+        if todo:
+
+            def on_todo_done(j: int, res: dict) -> None:
+                on_done(todo[j], res)
+
+            sub = [jobs[i] for i in todo]
+            if backend == "local":
+                _run_local(sub, analyses, options, workers, on_todo_done, threads)
+            else:
+                _run_ray(sub, analyses, options, workers, address, on_todo_done)
+    finally:
+        display.close()
+    return [r for r in results if r is not None]

@@ -1,0 +1,203 @@
+"""Running a whole sweep, and reporting where one stands.
+
+:func:`run_sweep` checks the sweep directory, writes the sweep file, runs every point with the
+executor, then the bisection (if any), the summary tables and the study figures, and returns a
+:class:`SweepResult`. :func:`sweep_status` tabulates each run of a sweep directory: its status,
+whether a live process holds it, and its progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from groklab.config import load_config
+from groklab.errors import ConfigError, GroklabError, RunDamagedError, RunExistsError
+from groklab.store import CONFIG, METRICS, read_manifest
+from groklab.sweep.bisection import bisect_sweep
+from groklab.sweep.executor import run_many
+from groklab.sweep.spec import DONE_STATUSES, SWEEP_FILE, SweepRun, SweepSpec, expand
+from groklab.sweep.summary import _foreign, _read_run, summarize_sweep
+from groklab.sweep.sweepfile import (
+    _check_same_sweep,
+    _entry_to_run,
+    _merge_runs,
+    _read_sweep,
+    _write_sweep_file,
+)
+
+
+@dataclass
+class SweepResult:
+    """What :func:`run_sweep` returns."""
+
+    sweep_dir: Path
+    results: list[dict[str, Any]]
+    runs: pd.DataFrame
+    points: pd.DataFrame
+    bisect: dict[str, Any] | None = None
+    figures: list[Path] = field(default_factory=list)
+
+    @property
+    def n_failed(self) -> int:
+        return sum(r["status"] not in DONE_STATUSES for r in self.results)
+
+
+def run_sweep(
+    spec: SweepSpec,
+    sweep_dir: str | Path,
+    *,
+    workers: int = 1,
+    backend: str = "local",
+    address: str | None = None,
+    progress: bool = True,
+    only: Sequence[str] = (),
+    figures: Callable[[Path], list[Path]] | None = None,
+    console: Any = None,
+    threads: int | None = None,
+) -> SweepResult:
+    """Run every point of ``spec`` into ``sweep_dir``, then the bisection (if any), the
+    summary tables and the study figures (if matplotlib is installed).
+
+    Args:
+        spec: the parsed spec.
+        sweep_dir: the sweep directory (one run directory per point inside).
+        workers, backend, address, progress, threads: see :func:`run_many`.
+        only: glob patterns on run names; when given, only matching runs are trained.
+        figures: draws the study's figures at the end and returns their paths, given the
+            sweep directory (:func:`groklab.studies.draw_study_figures`; passed in because the
+            studies sit above the engine); None: no figures.
+        console: a rich Console for messages (None = quiet).
+    """
+    from groklab.store import check_folder_target, storage_error
+    from groklab.train.loop import check_device
+
+    given = Path(sweep_dir)
+    sweep_dir = check_folder_target(given, what="sweep")
+    if (sweep_dir / SWEEP_FILE).exists():
+        with contextlib.suppress(ConfigError, RunDamagedError):  # a damaged one is rewritten
+            other = _read_sweep(sweep_dir).get("name")
+            if other is not None and other != spec.name:
+                raise RunExistsError(
+                    f"{given}: holds the sweep {other!r}, not {spec.name!r}; nothing is "
+                    "overwritten; choose another --out"
+                )
+    runs = expand(spec)
+    if only:
+        runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pat) for pat in only)]
+        if not runs:
+            raise ConfigError(f"--only {' '.join(only)} matches no run of this sweep")
+    for device in sorted({r.config.train.device for r in runs}):
+        check_device(device)
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise storage_error(sweep_dir, e) from None
+    prior: list[SweepRun] = []
+    old = None
+    with contextlib.suppress(GroklabError):  # no sweep file yet, or a damaged one (rewritten)
+        old = _read_sweep(sweep_dir)
+    if old is not None:
+        _check_same_sweep(sweep_dir, old, expand(spec))
+        with contextlib.suppress(GroklabError, KeyError, TypeError, ValueError):
+            # keep earlier bisection runs listed (their directories are still there)
+            prior_names = {e["name"] for e in old["runs"] if e.get("source") == "bisect"}
+            prior = [_entry_to_run(e, spec) for e in old["runs"] if e["name"] in prior_names]
+    # sweep.json lists every run of the spec, also when --only trains a few of them
+    _write_sweep_file(sweep_dir, spec, _merge_runs(expand(spec), prior))
+    results = run_many(
+        [r.config for r in runs],
+        [sweep_dir / r.name for r in runs],
+        workers=workers,
+        backend=backend,
+        address=address,
+        progress=progress,
+        analyses=spec.analyses,
+        analysis_options=spec.analysis_options,
+        threads=threads,
+        labels=[r.name for r in runs],
+        title=spec.name,
+    )
+    bis = None
+    if spec.bisect is not None and not only:
+        bis, brs = bisect_sweep(
+            spec,
+            sweep_dir,
+            known=runs,
+            workers=workers,
+            backend=backend,
+            address=address,
+            progress=progress,
+            console=console,
+            threads=threads,
+        )
+        _write_sweep_file(sweep_dir, spec, _merge_runs(runs, brs))
+    runs_df, points = summarize_sweep(sweep_dir)
+    figs: list[Path] = []
+    if figures is not None and spec.study:
+        try:
+            figs = figures(sweep_dir)
+        except ImportError as e:
+            if console is not None:
+                console.print(f"figures skipped: {e}", highlight=False, markup=False)
+    return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
+
+
+def _lock_held(run_dir: Path) -> bool | None:
+    """Whether some process on this machine holds the run's writer lock (None: unknown).
+
+    Read from /proc/locks, so asking never takes the lock (which could make a starting
+    worker fail its own non-blocking lock).
+    """
+    from groklab.store import writer_alive
+
+    return writer_alive(run_dir)
+
+
+def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
+    """One row per run: name, status (pending, running, stopped, completed, diverged,
+    failed), last logged step, steps, grokking step, error."""
+    sweep_dir = Path(sweep_dir)
+    info = _read_sweep(sweep_dir)
+    rows = []
+    for e in info["runs"]:
+        out = sweep_dir / e["name"]
+        m = read_manifest(out)
+        status = m.get("status")
+        if status is None:
+            status = "pending" if not (out / CONFIG).exists() else "running"
+        if (status == "running" and _lock_held(out) is False) or status == "interrupted":
+            status = "stopped"
+        if _foreign(m, e):
+            status = "failed"
+            m = {"error": f"{out} holds a different run (config hash differs)"}
+        else:
+            try:
+                _read_run(out)
+            except GroklabError as err:  # damaged: failed, with the file and the way out
+                status = "failed"
+                m = {"error": str(err)}
+        step = None
+        with contextlib.suppress(Exception):
+            step = int(pd.read_parquet(out / METRICS, columns=["step"])["step"].iloc[-1])
+        steps = None
+        with contextlib.suppress(Exception):
+            steps = load_config(out / CONFIG).train.steps
+        rows.append(
+            {
+                "run": e["name"],
+                "source": e.get("source", "grid"),
+                "status": status,
+                "step": step,
+                "steps": steps,
+                "grokking_step": m.get("grokking_step"),
+                "error": m.get("error"),
+            }
+        )
+    return pd.DataFrame(rows)
