@@ -1,9 +1,9 @@
 """How the LLC of a grokked checkpoint depends on the localisation γ (and what sets it).
 
-    python3 benchmarks/llc_gamma.py --run runs/nanda-s2 --steps 6000,20000,40000   # README
+    python3 benchmarks/llc_gamma.py --run runs/nanda-s2 --steps 6000,20000,40000   # docs/llc.md
     python3 benchmarks/llc_gamma.py --run runs/nanda-s2 --part a --no-devinterp
 
-Part a (the README's table): at each ``--steps`` checkpoint, the LLC at γ = 300, 1,000 and
+Part a (the table in docs/llc.md): at each ``--steps`` checkpoint, the LLC at γ = 300, 1,000 and
 3,000 (ε = 1e-4, nβ = n/log n, 4 chains x 200 draws + 100 burn-in, minibatch 512), by
 groklab's sampler (``llc.estimate_llc_at``, without its own γ check: the three γ are the
 check) and by devinterp 1.3.2 on the same weights with the same settings, ``L(w*)`` and
@@ -197,7 +197,7 @@ def _ratio(v: float | None) -> str:
 
 
 def render(paths: list[Path]) -> str:
-    """The README's markdown table from result files of this script."""
+    """The markdown table of docs/llc.md from result files of this script."""
     head = (
         "| step | γ | ε | nβ | draws | LLC (groklab) | 2nd/1st half | devinterp | L(w*) | ‖w*‖ "
         "| sqrt(d/γ) | prior only |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
