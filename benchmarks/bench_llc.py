@@ -78,6 +78,7 @@ def _devinterp_estimate(
     init_loss: float,
     *,
     published: bool = False,
+    drop_last: bool = False,
 ) -> dict:
     from devinterp.optim.sgld import SGLD
     from devinterp.slt.sampler import estimate_learning_coeff_with_summary
@@ -91,6 +92,7 @@ def _devinterp_estimate(
         TensorDataset(task.train_x, task.train_y),
         batch_size=s.batch_size,
         shuffle=True,
+        drop_last=drop_last,
         generator=torch.Generator().manual_seed(s.seed),
     )
 

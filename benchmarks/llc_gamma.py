@@ -30,7 +30,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -116,46 +115,10 @@ def _scales(run: Any, step: int, gammas: list[float], nbeta: float) -> dict[str,
 
 
 def _devinterp(run: Any, step: int, s: llc.LLCSettings, nbeta: float, init_loss: float) -> dict:
-    from devinterp.optim.sgld import SGLD
-    from devinterp.slt.sampler import estimate_learning_coeff_with_summary
-    from torch.utils.data import DataLoader, TensorDataset
+    # devinterp on groklab's module, as in bench_llc (full minibatches only, as these runs did)
+    from bench_llc import _devinterp_estimate
 
-    from groklab.train.losses import token_losses
-
-    model = run.model_at(step)
-    task = run.task
-    kind = run.config.train.loss
-    dtype = torch.float64 if run.config.train.loss_dtype == "float64" else torch.float32
-    loader = DataLoader(
-        TensorDataset(task.train_x, task.train_y),
-        batch_size=s.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=torch.Generator().manual_seed(s.seed),
-    )
-
-    def evaluate(m: torch.nn.Module, batch: Any) -> torch.Tensor:
-        x, y = batch
-        return token_losses(m(x, n_scored=task.n_scored), y, kind=kind, dtype=dtype).mean()
-
-    with warnings.catch_warnings(), torch.random.fork_rng():
-        warnings.simplefilter("ignore")
-        out = estimate_learning_coeff_with_summary(
-            model,
-            loader,
-            evaluate=evaluate,
-            sampling_method=SGLD,
-            optimizer_kwargs={"lr": s.epsilon, "localization": s.gamma, "nbeta": nbeta},
-            num_draws=s.draws,
-            num_chains=s.chains,
-            num_burnin_steps=s.burnin,
-            init_loss=init_loss,
-            cores=1,
-            seed=s.seed,
-            device="cpu",
-            verbose=False,
-        )
-    return {"llc": float(out["llc/mean"]), "llc_std": float(out["llc/std"])}
+    return _devinterp_estimate(run, step, s, nbeta, init_loss, drop_last=True)
 
 
 def _ours(run: Any, step: int, s: llc.LLCSettings) -> dict[str, Any]:
