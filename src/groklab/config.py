@@ -4,6 +4,10 @@ One :class:`RunConfig` flows through a run. It is never mutated: derive new conf
 :func:`dataclasses.replace` or :func:`apply_overrides`. Every ``__post_init__`` validates its
 own fields and raises :class:`~groklab.errors.ConfigError` with a one-line message that names
 the field and the allowed values.
+
+One concern, though past ~600 lines: the config sections are one schema (each section's fields,
+defaults, bounds and docs sit together), and the TOML round trip and overrides walk that schema;
+splitting the sections apart would scatter the one place a field is defined.
 """
 
 from __future__ import annotations
