@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from groklab import sweep as sw
@@ -546,3 +547,29 @@ def test_precision_study_runs_the_spike_detector(tmp_path: Path) -> None:
         (tmp_path / "pr" / res.runs["run"][0] / "analysis" / "spikes.json").read_text()
     )
     assert saved["rule"] == {"window": 3, "rise": 1.0}
+
+
+def test_cli_device_flows_to_every_run(tmp_path: Path) -> None:
+    """--device sets train.device of every run, checked before anything is created."""
+    spec = _spec_file(tmp_path, steps=20, ckpt=10)
+    spec.write_text(spec.read_text().replace('device = "cpu"', 'device = "cuda"'))
+    runner = CliRunner()
+    out = tmp_path / "s"
+    base = ["sweep", str(spec), "--out", str(out), "-w", "1", "-q", "--seeds", "0"]
+    # bad values and a device this machine lacks (local backend): exit 2, nothing on disk
+    for extra, says in (
+        (["--device", "tpu"], "train.device"),
+        (["--gpus-per-run", "0"], "gpus_per_run"),
+        (["--gpus-per-run", "1.5"], "gpus_per_run"),
+        *([] if torch.cuda.is_available() else [(["--device", "cuda"], "no CUDA device")]),
+    ):
+        r = runner.invoke(app, [*base, *extra])
+        assert r.exit_code == 2, r.output
+        assert says in r.output
+        assert not out.exists()
+    r = runner.invoke(app, [*base, "--device", "cpu"])  # the spec's cuda, replaced
+    assert r.exit_code == 0, r.output
+    runs = sorted(p for p in out.iterdir() if p.is_dir())
+    assert len(runs) == 2
+    for run in runs:
+        assert 'device = "cpu"' in (run / "config.toml").read_text()

@@ -126,7 +126,26 @@ def register(app: typer.Typer) -> None:
                 "--threads",
                 min=1,
                 help="local: CPU threads of each run (default: all cores but one, shared "
-                "out among the workers; OMP_NUM_THREADS if set)",
+                "out among the workers; OMP_NUM_THREADS if set); ray: threads and CPUs each "
+                "run asks for (default: 1)",
+            ),
+        ] = None,
+        device: Annotated[
+            str | None,
+            typer.Option(
+                "--device",
+                help="train.device of every run: auto, cpu, cuda or cuda:N (default: the "
+                "spec's). Ray: checked on each worker, not here; auto = cuda if the cluster "
+                "reports GPUs, else cpu",
+            ),
+        ] = None,
+        gpus_per_run: Annotated[
+            float | None,
+            typer.Option(
+                "--gpus-per-run",
+                help="ray: the fraction of a GPU each CUDA run asks for (default: "
+                "(0.5 GiB + 64 B x parameters) / 16 GiB, rounded up to a multiple of 1/16, "
+                "within [1/16, 1])",
             ),
         ] = None,
     ) -> None:
@@ -152,9 +171,12 @@ def register(app: typer.Typer) -> None:
 
         console, err_console = _console()
         try:
+            sets = list(set_ or ())
+            if device is not None:  # validated with the config, before anything is created
+                sets.append(f"train.device={device}")
             sp = load_spec(
                 spec,
-                sets=set_ or (),
+                sets=sets,
                 seeds=_parse_seeds(seeds) if seeds else None,
                 options=option or (),
             )
@@ -193,6 +215,7 @@ def register(app: typer.Typer) -> None:
                 figures=None if no_figures else draw_study_figures,
                 console=console,
                 threads=threads,
+                gpus_per_run=gpus_per_run,
             )
         except GroklabError as e:
             _fail(e)

@@ -41,6 +41,7 @@ def bisect_sweep(
     progress: bool = True,
     console: Any = None,
     threads: int | None = None,
+    gpus_per_run: float | None = None,
 ) -> tuple[dict[str, Any], list[SweepRun]]:
     """Search ``spec.bisect.key`` for the critical value between memorising and generalising.
 
@@ -90,6 +91,7 @@ def bisect_sweep(
             analyses=spec.analyses,
             analysis_options=spec.analysis_options,
             threads=threads,
+            gpus_per_run=gpus_per_run,
             title=f"bisect {b.key} ∈ {values}",
         )
         verdict = {}

@@ -9,11 +9,12 @@ recorded and the other runs go on. A live progress display shows what each worke
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime, timezone
@@ -248,6 +249,79 @@ def _run_local(
                 )
 
 
+#: The GPU memory :func:`gpus_per_run_for` measures a run against (a typical 16 GiB card).
+TYPICAL_GPU_BYTES = 16 * 2**30
+#: What every CUDA run holds besides its parameters: the CUDA context, the data, activations.
+_RUN_BASE_BYTES = 2**29
+#: Bytes per parameter: fp32 weights, gradients and two Adam moments (16 B), times 4 headroom
+#: for activations and stacked seeds.
+_BYTES_PER_PARAM = 64
+
+
+def gpus_per_run_for(n_params: int) -> float:
+    """The fraction of a GPU one run asks Ray for, from its parameter count.
+
+    Rule: ``(0.5 GiB + 64 B × n_params) / 16 GiB``, rounded up to a multiple of 1/16 and clamped
+    to [1/16, 1] — 0.5 GiB for the CUDA context, data and activations, 64 bytes per parameter
+    (fp32 weights, gradients and two Adam moments, times 4 headroom), against a typical 16 GiB
+    card. So up to 16 runs of at most ~8M parameters share one GPU (every shipped study's
+    model is far smaller), and a run of ~260M parameters or more gets a whole one.
+    """
+    need = (_RUN_BASE_BYTES + _BYTES_PER_PARAM * max(0, int(n_params))) / TYPICAL_GPU_BYTES
+    return min(1.0, max(1, math.ceil(need * 16 - 1e-9)) / 16)
+
+
+def _n_params(config: RunConfig) -> int:
+    from groklab.models import build_model
+    from groklab.tasks import build_task
+
+    model = build_model(config.model, build_task(config.data), seed=config.train.seed)
+    return sum(p.numel() for p in model.parameters())
+
+
+def resolve_ray_device(device: str, cluster_gpus: float) -> str:
+    """``auto`` on a Ray cluster: ``cuda`` when the cluster reports GPU resources, else ``cpu``;
+    any other device unchanged. Resolved once in the driver so every worker agrees."""
+    if device != "auto":
+        return device
+    return "cuda" if cluster_gpus > 0 else "cpu"
+
+
+def _ray_resources(config: RunConfig, gpus_per_run: float | None, threads: int) -> dict:
+    """The Ray resource request of one run: ``num_cpus`` = its torch threads, and for a CUDA
+    device also ``num_gpus`` = ``gpus_per_run`` (None: :func:`gpus_per_run_for` of the model's
+    parameter count). ``auto`` is resolved before (:func:`resolve_ray_device`); left as is, it
+    asks for CPUs only."""
+    res: dict[str, float] = {"num_cpus": threads}
+    if config.train.device.startswith("cuda"):
+        res["num_gpus"] = (
+            gpus_per_run if gpus_per_run is not None else gpus_per_run_for(_n_params(config))
+        )
+    return res
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[Any]:
+    """The running Ray instance, or one started here (at ``address``: None = a new local one)
+    and shut down on leaving."""
+    ray = _import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    import logging
+
+    try:  # a failed start still shuts down the processes it launched
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def _check_gpus_per_run(gpus_per_run: float | None) -> None:
+    if gpus_per_run is not None and not 0 < gpus_per_run <= 1:
+        raise ConfigError(f"gpus_per_run={gpus_per_run} is not allowed; must be in (0, 1]")
+
+
 def _run_ray(
     jobs: list[tuple[RunConfig, str]],
     analyses: tuple[str, ...],
@@ -255,23 +329,26 @@ def _run_ray(
     workers: int,
     address: str | None,
     on_done: Callable[[int, dict], None],
+    *,
+    gpus_per_run: float | None = None,
+    threads: int | None = None,
 ) -> None:
-    ray = _import_ray()
-    started = False
-    if not ray.is_initialized():
-        import logging
-
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
-        started = True
-    try:
-        remote = ray.remote(num_cpus=1)(_run_one)
+    threads = threads or 1
+    with ray_session(address) as ray:
+        remote = ray.remote(_run_one)
+        resources: dict[tuple, dict] = {}
         cap = workers if workers and workers > 0 else len(jobs)
         queue = list(range(len(jobs)))
         pending: dict[Any, int] = {}
         while queue or pending:
             while queue and len(pending) < cap:
                 i = queue.pop(0)
-                pending[remote.remote(*jobs[i], analyses, options, 1)] = i
+                cfg = jobs[i][0]
+                key = (cfg.data, cfg.model, cfg.train.device)
+                if key not in resources:
+                    resources[key] = _ray_resources(cfg, gpus_per_run, threads)
+                ref = remote.options(**resources[key]).remote(*jobs[i], analyses, options, threads)
+                pending[ref] = i
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
                 i = pending.pop(ref)
@@ -286,9 +363,6 @@ def _run_ray(
                         "action": None,
                     }
                 on_done(i, res)
-    finally:
-        if started:
-            ray.shutdown()
 
 
 def run_many(
@@ -304,6 +378,7 @@ def run_many(
     labels: Sequence[str] | None = None,
     title: str = "sweep",
     threads: int | None = None,
+    gpus_per_run: float | None = None,
 ) -> list[dict]:
     """Train each config into its run directory, ``workers`` at a time.
 
@@ -324,14 +399,19 @@ def run_many(
         analysis_options: keyword options per analysis name.
         labels: display names of the runs (default: the directory names).
         title: display title.
-        threads: local backend: torch threads of each run (None: in this process, the
+        threads: torch threads of each run. Local backend: None = in this process, the
             caller's setting; in workers, ``default_threads() // workers``, at least 1 — see
-            :mod:`groklab.train.threads`).
+            :mod:`groklab.train.threads`. Ray backend: also the CPUs each run asks Ray for
+            (None = 1).
+        gpus_per_run: Ray backend: the fraction of a GPU a CUDA run asks for, in (0, 1]
+            (None: from the model's size, see :func:`gpus_per_run_for`). A run whose device
+            is not CUDA asks for ``threads`` CPUs only.
 
     Returns:
         One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
         ``error`` (None or one line), ``action`` (started, resumed, skipped or None),
-        ``seconds``, and ``analyses`` (name → result) when any ran.
+        ``seconds``, ``analyses`` (name → result) when any ran, and on Ray ``gpu_ids`` (the
+        GPUs Ray gave the run).
     """
     if len(configs) != len(outs):
         raise ConfigError(f"run_many: {len(configs)} configs but {len(outs)} out dirs")
@@ -346,6 +426,7 @@ def run_many(
     for a in analyses:
         resolve_analysis(a)
     options = {k: dict(v) for k, v in (analysis_options or {}).items()}
+    _check_gpus_per_run(gpus_per_run)
     if backend == "ray":
         _import_ray()
     jobs = [(c, str(o)) for c, o in zip(configs, outs_abs, strict=True)]
@@ -373,7 +454,16 @@ def run_many(
             if backend == "local":
                 _run_local(sub, analyses, options, workers, on_todo_done, threads)
             else:
-                _run_ray(sub, analyses, options, workers, address, on_todo_done)
+                _run_ray(
+                    sub,
+                    analyses,
+                    options,
+                    workers,
+                    address,
+                    on_todo_done,
+                    gpus_per_run=gpus_per_run,
+                    threads=threads,
+                )
     finally:
         display.close()
     return [r for r in results if r is not None]

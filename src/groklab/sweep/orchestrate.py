@@ -61,6 +61,7 @@ def run_sweep(
     figures: Callable[[Path], list[Path]] | None = None,
     console: Any = None,
     threads: int | None = None,
+    gpus_per_run: float | None = None,
 ) -> SweepResult:
     """Run every point of ``spec`` into ``sweep_dir``, then the bisection (if any), the
     summary tables and the study figures (if matplotlib is installed).
@@ -68,13 +69,61 @@ def run_sweep(
     Args:
         spec: the parsed spec.
         sweep_dir: the sweep directory (one run directory per point inside).
-        workers, backend, address, progress, threads: see :func:`run_many`.
+        workers, backend, address, progress, threads, gpus_per_run: see :func:`run_many`.
+            With the Ray backend, one Ray session serves the whole sweep (grid and
+            bisection); the device of each run is checked on its worker, not here (the
+            driver may have no GPU while the cluster does), and a base ``train.device`` of
+            ``auto`` is resolved once here (:func:`resolve_ray_device`: ``cuda`` when the
+            cluster reports GPUs, else ``cpu``) so every worker agrees.
         only: glob patterns on run names; when given, only matching runs are trained.
         figures: draws the study's figures at the end and returns their paths, given the
             sweep directory (:func:`groklab.studies.draw_study_figures`; passed in because the
             studies sit above the engine); None: no figures.
         console: a rich Console for messages (None = quiet).
     """
+    kwargs = {
+        "spec": spec,
+        "sweep_dir": sweep_dir,
+        "workers": workers,
+        "backend": backend,
+        "address": address,
+        "progress": progress,
+        "only": only,
+        "figures": figures,
+        "console": console,
+        "threads": threads,
+        "gpus_per_run": gpus_per_run,
+    }
+    from groklab.sweep.executor import _check_gpus_per_run
+
+    _check_gpus_per_run(gpus_per_run)  # before anything is created
+    if backend == "ray":
+        from dataclasses import replace
+
+        from groklab.sweep.executor import ray_session, resolve_ray_device
+
+        with ray_session(address) as ray:
+            tc = spec.base.train
+            device = resolve_ray_device(tc.device, ray.cluster_resources().get("GPU", 0))
+            spec = replace(spec, base=replace(spec.base, train=replace(tc, device=device)))
+            return _run_sweep(**{**kwargs, "spec": spec})
+    return _run_sweep(**kwargs)
+
+
+def _run_sweep(
+    spec: SweepSpec,
+    sweep_dir: str | Path,
+    *,
+    workers: int,
+    backend: str,
+    address: str | None,
+    progress: bool,
+    only: Sequence[str],
+    figures: Callable[[Path], list[Path]] | None,
+    console: Any,
+    threads: int | None,
+    gpus_per_run: float | None,
+) -> SweepResult:
     from groklab.store import check_folder_target, storage_error
     from groklab.train.loop import check_device
 
@@ -93,8 +142,9 @@ def run_sweep(
         runs = [r for r in runs if any(fnmatch.fnmatchcase(r.name, pat) for pat in only)]
         if not runs:
             raise ConfigError(f"--only {' '.join(only)} matches no run of this sweep")
-    for device in sorted({r.config.train.device for r in runs}):
-        check_device(device)
+    if backend == "local":  # on Ray, each worker checks its own node
+        for device in sorted({r.config.train.device for r in runs}):
+            check_device(device)
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -121,6 +171,7 @@ def run_sweep(
         analyses=spec.analyses,
         analysis_options=spec.analysis_options,
         threads=threads,
+        gpus_per_run=gpus_per_run,
         labels=[r.name for r in runs],
         title=spec.name,
     )
@@ -136,6 +187,7 @@ def run_sweep(
             progress=progress,
             console=console,
             threads=threads,
+            gpus_per_run=gpus_per_run,
         )
         _write_sweep_file(sweep_dir, spec, _merge_runs(runs, brs))
     runs_df, points = summarize_sweep(sweep_dir)

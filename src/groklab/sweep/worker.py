@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 import traceback
 from collections.abc import Sequence
@@ -123,6 +124,10 @@ def _run_one(
         res["error"] = f"run ended with status {res['status']!r}"
         res["status"] = "failed"
     res["seconds"] = round(time.perf_counter() - t0, 3)
+    ray = sys.modules.get("ray")  # on a Ray worker: the GPUs Ray gave this run
+    if ray is not None and ray.is_initialized():
+        with contextlib.suppress(Exception):
+            res["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
     return res
 
 
