@@ -60,6 +60,7 @@ LAYERS: list[tuple[str, int, tuple[str, ...]]] = [
     ("cli", 9, ("groklab.commands", "groklab.cli")),
 ]
 
+
 @dataclass(frozen=True)
 class Edge:
     src: str  # importing module
