@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from groklab import sweep as sw
 from groklab.cli import app
 from groklab.errors import ConfigError
-from groklab.store import read_manifest
+from groklab.store import read_manifest, writer_alive
 from groklab.studies import draw_study_figures
 from groklab.sweep import bisection as sweep_bisection
 
@@ -443,7 +443,7 @@ def test_killed_sweep_relaunches_without_rerunning_and_matches(tmp_path: Path) -
         proc.wait()
     # the workers die a moment after the signal; their run locks go with them
     gone = time.time() + 60
-    while any(sw._lock_held(d) for d in run_dirs) and time.time() < gone:
+    while any(writer_alive(d) for d in run_dirs) and time.time() < gone:
         time.sleep(0.05)
 
     done = [d for d in run_dirs if read_manifest(d).get("status") == "completed"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from groklab import sweep as sw
-from groklab.store import read_manifest
+from groklab.store import read_manifest, writer_alive
 
 SPEC = """
 name = "orphans"
@@ -95,7 +95,7 @@ def test_workers_exit_when_the_sweep_is_killed(tmp_path: Path) -> None:
         left = {p: c for p, c in children.items() if _alive(p)}
         assert not left, f"left behind after the sweep was killed: {left}"
         # nothing holds the runs any more, so a relaunch can resume them at once
-        assert not any(sw._lock_held(d) for d in run_dirs)
+        assert not any(writer_alive(d) for d in run_dirs)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)

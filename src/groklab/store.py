@@ -211,19 +211,32 @@ def check_checkpoint_file(path: Path) -> None:
         )
 
 
-def writer_alive(run_dir: Path) -> bool | None:
-    """Whether some process on this machine holds the run's writer lock (None: unknown).
+def _lock_holders(run_dir: Path) -> list[int] | None:
+    """Pids holding ``run_dir``'s writer lock (``[]``: free; None: unknown, e.g. no /proc).
 
-    Read from /proc/locks, so asking never takes the lock.
+    Read from /proc/locks, so asking never takes the lock (which could make a starting writer
+    fail its own non-blocking lock) and never writes to the directory. Lines of processes
+    waiting for a lock (``->``) are skipped: a waiter implies a holder line of its own.
     """
-    lock = Path(run_dir) / ".lock"
     try:
-        st = lock.stat()
+        st = (Path(run_dir) / ".lock").stat()
         text = Path("/proc/locks").read_text()
     except OSError:
         return None
     dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    return any(line.split()[5] == dev for line in text.splitlines() if len(line.split()) > 5)
+    pids = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) > 5 and parts[1] != "->" and parts[5] == dev:
+            with contextlib.suppress(ValueError):
+                pids.append(int(parts[4]))
+    return pids
+
+
+def writer_alive(run_dir: Path) -> bool | None:
+    """Whether some process on this machine holds the run's writer lock (None: unknown)."""
+    pids = _lock_holders(run_dir)
+    return None if pids is None else bool(pids)
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
@@ -323,23 +336,9 @@ def resolve_target(path: str | Path) -> Path:
 
 
 def lock_holder(run_dir: Path) -> int | None:
-    """The pid of the process holding ``run_dir``'s writer lock, or None (free or unknown).
-
-    Read from /proc/locks, so asking never takes the lock (which could make a starting
-    writer fail its own non-blocking lock) and never writes to the directory.
-    """
-    try:
-        st = (Path(run_dir) / ".lock").stat()
-        text = Path("/proc/locks").read_text()
-    except OSError:
-        return None
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) > 5 and parts[1] != "->" and parts[5] == dev:
-            with contextlib.suppress(ValueError):
-                return int(parts[4])
-    return None
+    """The pid of the process holding ``run_dir``'s writer lock, or None (free or unknown)."""
+    pids = _lock_holders(run_dir)
+    return pids[0] if pids else None
 
 
 def _locked_error(path: Path) -> RunLockedError:

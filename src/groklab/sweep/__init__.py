@@ -46,7 +46,6 @@ from groklab.sweep.bisection import bisect_sweep
 from groklab.sweep.executor import _cores as _cores
 from groklab.sweep.executor import run_many
 from groklab.sweep.orchestrate import SweepResult as SweepResult
-from groklab.sweep.orchestrate import _lock_held as _lock_held
 from groklab.sweep.orchestrate import run_sweep, sweep_status
 from groklab.sweep.spec import BISECT_FILE as BISECT_FILE
 from groklab.sweep.spec import DONE_STATUSES as DONE_STATUSES

@@ -19,7 +19,7 @@ import pandas as pd
 
 from groklab.config import load_config
 from groklab.errors import ConfigError, GroklabError, RunDamagedError, RunExistsError
-from groklab.store import CONFIG, METRICS, read_manifest
+from groklab.store import CONFIG, METRICS, read_manifest, writer_alive
 from groklab.sweep.bisection import bisect_sweep
 from groklab.sweep.executor import run_many
 from groklab.sweep.spec import DONE_STATUSES, SWEEP_FILE, SweepRun, SweepSpec, expand
@@ -201,17 +201,6 @@ def _run_sweep(
     return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
 
 
-def _lock_held(run_dir: Path) -> bool | None:
-    """Whether some process on this machine holds the run's writer lock (None: unknown).
-
-    Read from /proc/locks, so asking never takes the lock (which could make a starting
-    worker fail its own non-blocking lock).
-    """
-    from groklab.store import writer_alive
-
-    return writer_alive(run_dir)
-
-
 def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run: name, status (pending, running, stopped, completed, diverged,
     failed), last logged step, steps, grokking step, error."""
@@ -224,7 +213,7 @@ def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
         status = m.get("status")
         if status is None:
             status = "pending" if not (out / CONFIG).exists() else "running"
-        if (status == "running" and _lock_held(out) is False) or status == "interrupted":
+        if (status == "running" and writer_alive(out) is False) or status == "interrupted":
             status = "stopped"
         if _foreign(m, e):
             status = "failed"
