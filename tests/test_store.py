@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from groklab.store import (
     read_manifest,
 )
 from groklab.tasks import build_task
+from helpers.locks import lock_held_by_another_process
 
 
 def _saved_run(path: Path, cfg=None, steps=(0, 7)):
@@ -144,24 +143,8 @@ def test_second_writer_is_locked_out(tmp_path: Path) -> None:
 
 def test_lock_held_by_another_process(tmp_path: Path) -> None:
     _saved_run(tmp_path / "run")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-            str(tmp_path / "run" / ".lock"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
-        with pytest.raises(RunLockedError):
-            RunStore.open_existing(tmp_path / "run")
-    finally:
-        holder.communicate("", timeout=30)
+    with lock_held_by_another_process(tmp_path / "run"), pytest.raises(RunLockedError):
+        RunStore.open_existing(tmp_path / "run")
     RunStore.open_existing(tmp_path / "run")[0].close()
 
 

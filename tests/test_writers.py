@@ -11,8 +11,6 @@ import errno
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ from groklab.cli import app
 from groklab.config import save_config
 from groklab.run import load_run
 from groklab.train import loop
+from helpers.locks import lock_held_by_another_process
 
 SMALL = ("--set", "train.steps=20")
 
@@ -221,20 +220,7 @@ def test_dcrit_into_a_run_directory_is_refused(work: Path) -> None:
 
 def test_train_on_a_live_run_names_the_writer(work: Path) -> None:
     """A second `train` on a run another process is writing is told so, with its pid."""
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
-            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
-            str(work / "myrun" / ".lock"),
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout.readline().strip() == "held"
+    with lock_held_by_another_process(work / "myrun") as holder:
         before = snapshot(work.parent)
         for args in (
             ("train", "--config", "myrun.toml", "--out", "myrun", "-q"),
@@ -249,8 +235,6 @@ def test_train_on_a_live_run_names_the_writer(work: Path) -> None:
             assert f"pid {holder.pid}" in line
             assert "--resume" not in line.split(";")[0]
             assert snapshot(work.parent) == before
-    finally:
-        holder.communicate("", timeout=30)
 
 
 # ------------------------------------------------------------------ runs that end badly
