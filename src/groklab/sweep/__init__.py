@@ -20,7 +20,9 @@ and the analyses to run after each run::
     key = "data.train_fraction"          # (or data.train_size)
     lo = 0.1                             # expected not to generalise within the budget
     hi = 0.4                             # expected to generalise
-    tol = 0.02
+    tol = 0.02                           # stop once hi - lo <= tol (rel_tol: hi/lo <= 1+rel_tol)
+    scale = "linear"                     # or "log": points spaced evenly in log (lo > 0)
+    criterion = "reached"                # at some evaluated step; "final": at the last one
 
 Every point becomes one run directory under the sweep directory, named from its overrides
 (``optim.weight_decay=0.3__seed=1``). :func:`run_many` is the executor: a completed run with
@@ -32,7 +34,8 @@ counted, not dropped).
 The package holds one module per concern, in import order: :mod:`.analyses` (the analyses
 registry), :mod:`.spec` (specs, expansion, run names), :mod:`.worker` (one run in a worker),
 :mod:`.executor` (local processes and Ray), :mod:`.sweepfile` (``sweep.json``),
-:mod:`.summary` (summary tables), :mod:`.bisection` (the search for a critical value) and
+:mod:`.summary` (summary tables), :mod:`.bisection` (the one search for a critical value,
+also used by :func:`groklab.dcrit.find_dcrit`) and
 :mod:`.orchestrate` (:func:`run_sweep` and :func:`sweep_status`). This module re-exports the
 public names and the few private ones other parts of groklab use; to monkeypatch a name in a
 test, patch the submodule that looks it up.
@@ -42,7 +45,14 @@ from __future__ import annotations
 
 from groklab.sweep.analyses import _REQUIRES as _REQUIRES
 from groklab.sweep.analyses import ANALYSES, resolve_analysis
-from groklab.sweep.bisection import bisect_sweep
+from groklab.sweep.bisection import (
+    Bracket,
+    SearchRound,
+    bisect_search,
+    bisect_sweep,
+    seed_meets,
+    value_generalises,
+)
 from groklab.sweep.executor import _cores as _cores
 from groklab.sweep.executor import run_many
 from groklab.sweep.orchestrate import SweepResult as SweepResult
@@ -79,10 +89,13 @@ from groklab.sweep.sweepfile import _read_sweep as _read_sweep
 __all__ = [
     "ANALYSES",
     "BisectSpec",
+    "Bracket",
+    "SearchRound",
     "SweepPoint",
     "SweepRun",
     "SweepSpec",
     "aggregate_summary",
+    "bisect_search",
     "bisect_sweep",
     "expand",
     "format_summary",
@@ -93,9 +106,11 @@ __all__ = [
     "run_many",
     "run_name",
     "run_sweep",
+    "seed_meets",
     "study_spec_path",
     "summarize_runs",
     "summarize_sweep",
     "summary_columns",
     "sweep_status",
+    "value_generalises",
 ]

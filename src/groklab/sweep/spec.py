@@ -37,6 +37,8 @@ POINTS_FILE = "points.parquet"
 BISECT_FILE = "bisect.json"
 DONE_STATUSES = ("completed", "diverged")  # final outcomes: never re-run
 SEED_KEYS = ("train.seed", "data.split_seed")
+SCALES = ("linear", "log")  # how a bisection spaces its points
+CRITERIA = ("reached", "final")  # when a run's metric counts as meeting the threshold
 _SPEC_KEYS = {
     "name",
     "description",
@@ -67,23 +69,33 @@ class SweepPoint:
 class BisectSpec:
     """Search for the critical value of ``key`` between not generalising and generalising.
 
+    A value generalises when a strict majority of its seeds meet the criterion
+    (:func:`groklab.sweep.bisection.value_generalises`).
+
     Attributes:
         key: ``data.train_fraction`` or ``data.train_size`` (any numeric config key works).
         lo: a value expected NOT to reach ``threshold`` on ``metric`` within the step budget.
         hi: a value expected to reach it.
-        tol: stop once ``hi - lo <= tol``.
+        tol: stop once ``hi - lo <= tol`` (``None``: no absolute tolerance).
         max_rounds: at most this many rounds after the two ends.
         metric: the generalisation metric column.
         threshold: the level it must reach.
+        scale: ``linear`` (points spaced evenly) or ``log`` (spaced evenly in log; ``lo > 0``).
+        criterion: ``reached`` (``metric >= threshold`` at some evaluated step) or ``final``
+            (at the last step).
+        rel_tol: stop once ``hi / lo <= 1 + rel_tol`` (``None``: no relative tolerance).
     """
 
     key: str
     lo: float
     hi: float
-    tol: float
+    tol: float | None
     max_rounds: int = 8
     metric: str = "test/acc"
     threshold: float = 0.99
+    scale: str = "linear"
+    criterion: str = "reached"
+    rel_tol: float | None = None
 
     @property
     def integer(self) -> bool:
@@ -250,7 +262,18 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
         b = d["bisect"]
         if not isinstance(b, dict):
             raise ConfigError(f"{where}: bisect must be a table")
-        allowed = {"key", "lo", "hi", "tol", "max_rounds", "metric", "threshold"}
+        allowed = {
+            "key",
+            "lo",
+            "hi",
+            "tol",
+            "rel_tol",
+            "max_rounds",
+            "metric",
+            "threshold",
+            "scale",
+            "criterion",
+        }
         bad = sorted(set(b) - allowed)
         if bad:
             raise ConfigError(
@@ -259,24 +282,50 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
         missing = [k for k in ("key", "lo", "hi") if k not in b]
         if missing:
             raise ConfigError(f"{where}: bisect.{missing[0]} is required")
+        for k, allowed_values in (("scale", SCALES), ("criterion", CRITERIA)):
+            if k in b and b[k] not in allowed_values:
+                raise ConfigError(
+                    f"{where}: bisect.{k}={b[k]!r} is not allowed; allowed: "
+                    f"{', '.join(allowed_values)}"
+                )
+        scale = b.get("scale", "linear")
         lo, hi = b["lo"], b["hi"]
         if not (isinstance(lo, int | float) and isinstance(hi, int | float) and lo < hi):
             raise ConfigError(f"{where}: bisect.lo={lo!r}, hi={hi!r}; need numbers with lo < hi")
+        if scale == "log" and not lo > 0:
+            raise ConfigError(
+                f'{where}: bisect.lo={lo!r} is not allowed with scale = "log"; must be > 0'
+            )
         key = str(b["key"])
         _in_spec("bisect.lo", base, key, lo)
         _in_spec("bisect.hi", base, key, hi)
-        default_tol = 1 if key == "data.train_size" else (hi - lo) / 16
-        tol = b.get("tol", default_tol)
-        if not (isinstance(tol, int | float) and tol > 0):
-            raise ConfigError(f"{where}: bisect.tol={tol!r} is not allowed; must be > 0")
+        for k in ("tol", "rel_tol"):
+            t = b.get(k)
+            if t is not None and not (isinstance(t, int | float) and t > 0):
+                raise ConfigError(f"{where}: bisect.{k}={t!r} is not allowed; must be > 0")
+        tol, rel_tol = b.get("tol"), b.get("rel_tol")
+        if tol is None and rel_tol is None:
+            # linear: a sixteenth of the bracket (one example for a size); log: within 10%
+            if scale == "log":
+                rel_tol = 0.1
+            else:
+                tol = 1 if key == "data.train_size" else (hi - lo) / 16
+        max_rounds = b.get("max_rounds", 8)
+        if not (isinstance(max_rounds, int) and max_rounds >= 0):
+            raise ConfigError(
+                f"{where}: bisect.max_rounds={max_rounds!r} is not allowed; must be an integer >= 0"
+            )
         bis = BisectSpec(
             key=key,
             lo=lo,
             hi=hi,
             tol=tol,
-            max_rounds=int(b.get("max_rounds", 8)),
+            max_rounds=max_rounds,
             metric=str(b.get("metric", "test/acc")),
             threshold=float(b.get("threshold", 0.99)),
+            scale=scale,
+            criterion=b.get("criterion", "reached"),
+            rel_tol=rel_tol,
         )
 
     study = d.get("study")
