@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -121,6 +122,68 @@ def test_boundary_outside_the_bracket(tmp_path) -> None:
         RunConfig(name="m"), tmp_path / "b", lo=100, hi=200, seeds=(0,), run_many=FakeRuns({0: 900})
     )
     assert above.lo == 200 and above.hi is None and above.estimate is None
+
+
+def test_a_tie_between_seeds_does_not_generalise(tmp_path) -> None:
+    # Seed 0 generalises from 500, seed 1 from 1,000: between them 1 of 2 seeds generalise,
+    # which is no strict majority, so D_crit is where both do.
+    res = find_dcrit(
+        RunConfig(name="m"),
+        tmp_path,
+        lo=100,
+        hi=5000,
+        seeds=(0, 1),
+        rel_tol=0.02,
+        max_rounds=30,
+        run_many=FakeRuns({0: 500, 1: 1000}),
+    )
+    assert res.lo < 1000 <= res.hi and res.hi / res.lo <= 1.02
+    tied = [p for p in res.points if 500 <= p.size < 1000]
+    assert tied and all(p.generalised == (True, False) and not p.generalises for p in tied)
+    saved = json.loads((tmp_path / "dcrit.json").read_text())
+    assert all(q["generalises"] == (q["size"] >= 1000) for q in saved["points"])
+
+
+def test_the_verdict_is_the_final_accuracy(tmp_path) -> None:
+    """Runs below 300 examples reach the threshold at one evaluation and lose it again: they
+    count as not generalising (criterion "final")."""
+
+    def runs(configs, outs, **_):
+        for cfg, out in zip(configs, outs, strict=True):
+            size = cfg.data.train_size
+            out.mkdir(parents=True)
+            acc = [0.0, 0.99, 0.99 if size >= 300 else 0.4]
+            pd.DataFrame(
+                {
+                    "step": [0, 100, 200],
+                    "train/acc": [0.0, 1.0, 1.0],
+                    "test/loss": [4.0, 0.1, 0.1],
+                    "test/acc": acc,
+                }
+            ).to_parquet(out / "metrics.parquet")
+            atomic_write_text(out / "config.toml", save_config(cfg))
+            atomic_write_text(out / "manifest.json", json.dumps({"status": "completed"}))
+        return [{"out": str(o), "status": "completed", "error": None} for o in outs]
+
+    brackets = []
+    res = find_dcrit(
+        RunConfig(name="m"),
+        tmp_path,
+        lo=50,
+        hi=1000,
+        seeds=(0,),
+        rel_tol=0.05,
+        run_many=runs,
+        on_round=lambda r: brackets.append((r.lo, r.hi)),
+    )
+    assert res.lo < 300 <= res.hi and res.hi / res.lo <= 1.05
+    below = [p for p in res.points if p.size < 300]
+    assert below and all(p.grokking_step == (100,) and not p.generalises for p in below)
+    # on_round saw the bracket after the ends and after every round, narrowing to the result
+    assert brackets[0] == (50, 1000) and brackets[-1] == (res.lo, res.hi)
+    assert len(brackets) == len(res.points) - 1
+    pairs = itertools.pairwise(brackets)
+    assert all(lo1 <= lo2 and hi2 <= hi1 for (lo1, hi1), (lo2, hi2) in pairs)
 
 
 def test_bad_arguments_and_failed_runs(tmp_path) -> None:

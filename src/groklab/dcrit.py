@@ -4,9 +4,10 @@ efficiency").
 Three pieces:
 
 * :func:`find_dcrit` searches the training-set size for the boundary ``D_crit`` between runs
-  that generalise and runs that only memorise within a step budget: bisection on a log scale,
-  several seeds per size, a size counting as "generalises" when at least half of its seeds end
-  with test accuracy >= ``threshold``. Every run lives in its own directory under the search
+  that generalise and runs that only memorise within a step budget: the sweep engine's
+  bisection (:func:`groklab.sweep.bisection.bisect_search`) on a log scale, several seeds per
+  size, a size counting as "generalises" when a strict majority of its seeds end with test
+  accuracy >= ``threshold``. Every run lives in its own directory under the search
   folder, so a killed search continues where it stopped (completed runs are not re-run).
 * :func:`continue_config` derives the config that continues training a run's checkpoint
   (``groklab train --from-checkpoint DIR@STEP``): same model and data, weights from the
@@ -204,8 +205,11 @@ class DcritPoint:
 
     @property
     def generalises(self) -> bool:
-        """At least half of the seeds generalised."""
-        return self.share_generalised >= 0.5
+        """A strict majority of the seeds generalised (the sweep's rule,
+        :func:`groklab.sweep.bisection.value_generalises`: 2 of 3, 2 of 2, not 1 of 2)."""
+        from groklab.sweep.bisection import value_generalises
+
+        return value_generalises(sum(self.generalised), len(self.generalised))
 
 
 @dataclass
@@ -294,12 +298,6 @@ def _point_dir(out: Path, size: int, seed: int) -> Path:
     return out / f"n{size}-s{seed}"
 
 
-def _log_points(lo: int, hi: int, k: int) -> list[int]:
-    """``k`` sizes spaced evenly in log between ``lo`` and ``hi``, exclusive, deduplicated."""
-    pts = {round(lo * (hi / lo) ** (i / (k + 1))) for i in range(1, k + 1)}
-    return sorted(p for p in pts if lo < p < hi)
-
-
 def find_dcrit(
     base: RunConfig,
     out: str | Path,
@@ -321,15 +319,19 @@ def find_dcrit(
 ) -> DcritResult:
     """Search the training-set size at which runs of ``base`` start to generalise.
 
-    Both ends are trained first (expected: ``lo`` memorises only, ``hi`` generalises), then
-    each round trains ``points_per_round`` sizes spaced evenly in log between the current
-    bracket ends, times every seed, in one batch of runs (``workers`` at a time), and moves the
-    bracket to the smallest size that generalised and the largest smaller size that did not.
-    It stops once ``hi / lo <= 1 + rel_tol``, the bracket holds no integer, or after
-    ``max_rounds`` rounds. The budget is ``base.train.steps``; with ``stop_early`` a run stops
-    once its test accuracy has held ``threshold`` for two evaluations (saves the time of runs
-    that generalise; the verdict is unchanged; not for runs that continue a checkpoint, which
-    start generalised).
+    The search is :func:`groklab.sweep.bisection.bisect_search` with ``scale="log"``, integer
+    sizes and ``rel_tol``: both ends are trained first (expected: ``lo`` memorises only, ``hi``
+    generalises), then each round trains ``points_per_round`` sizes spaced evenly in log
+    between the current bracket ends, times every seed, in one batch of runs (``workers`` at a
+    time), and moves the bracket to the smallest size that generalised and the largest smaller
+    size that did not. It stops once ``hi / lo <= 1 + rel_tol``, the bracket holds no integer,
+    or after ``max_rounds`` rounds. A seed generalises when its final test accuracy is
+    ``>= threshold`` (criterion ``final`` of :func:`groklab.sweep.bisection.seed_meets`) and a
+    size when a strict majority of its seeds do
+    (:func:`~groklab.sweep.bisection.value_generalises`). The budget is ``base.train.steps``;
+    with ``stop_early`` a run stops once its test accuracy has held ``threshold`` for two
+    evaluations (saves the time of runs that generalise; the verdict is unchanged; not for runs
+    that continue a checkpoint, which start generalised).
 
     Over a grokked checkpoint (``base = continue_config(ref)``, ``size_key =
     "data.train_subset"``, ``seed_key = "data.subset_seed"``) the boundary is the ungrokking
@@ -341,7 +343,8 @@ def find_dcrit(
         out: search folder: one run directory ``n<size>-s<seed>`` per run and ``dcrit.json``.
         lo, hi: initial bracket of sizes.
         seeds: seeds per size (values of ``seed_key``).
-        threshold: final test accuracy that counts as generalising.
+        threshold: final test accuracy that counts as generalising (a strict majority of the
+            seeds must reach it).
         rel_tol: stop when the bracket's ratio is within ``1 + rel_tol``.
         max_rounds: rounds after the two ends.
         points_per_round: sizes per round (more = fewer rounds when many workers are free).
@@ -354,12 +357,16 @@ def find_dcrit(
             ``[{"out", "status", "error"}, ...]``; default :func:`stacked_run_many` (the
             seeds of one size trained as one stack).
         progress: live progress display of each round's runs.
-        on_round: called with the result so far after every round.
+        on_round: called with the result so far (points and bracket) after the two ends and
+            after every round.
 
     Returns:
         The :class:`DcritResult` (also written to ``out/dcrit.json``).
     """
-    from groklab.store import atomic_write_text
+    import pandas as pd
+
+    from groklab.store import METRICS, atomic_write_text
+    from groklab.sweep.bisection import bisect_search, seed_meets
 
     if not 1 <= lo < hi:
         raise ConfigError(f"dcrit: need 1 <= lo < hi (got lo={lo}, hi={hi})")
@@ -384,10 +391,13 @@ def find_dcrit(
     )
     done: dict[int, DcritPoint] = {}
 
-    def evaluate(sizes: list[int]) -> None:
-        sizes = [s for s in sizes if s not in done]
+    def save() -> None:
+        atomic_write_text(out / "dcrit.json", json.dumps(result.to_dict(), indent=2))
+
+    def evaluate(sizes: list[int]) -> dict[int, bool]:
+        new = [s for s in sizes if s not in done]
         cfgs, outs = [], []
-        for size in sizes:
+        for size in new:
             for seed in seeds:
                 cfg = apply_overrides(base, [f"{size_key}={size}", f"{seed_key}={seed}", *extra])
                 cfgs.append(replace(cfg, name=f"{base.name}-n{size}-s{seed}"))
@@ -398,42 +408,45 @@ def find_dcrit(
             workers=workers,
             run_many=run_many,
             progress=progress,
-            title=f"dcrit {base.name}: sizes {', '.join(map(str, sizes))}",
+            title=f"dcrit {base.name}: sizes {', '.join(map(str, new))}",
         )
-        for size in sizes:
-            o = [run_outcome(_point_dir(out, size, s), threshold=threshold) for s in seeds]
+        for size in new:
+            dirs = [_point_dir(out, size, s) for s in seeds]
+            o = [run_outcome(d, threshold=threshold) for d in dirs]
             done[size] = DcritPoint(
                 size=size,
                 seeds=seeds,
                 test_acc=tuple(x["test_acc"] for x in o),
                 train_acc=tuple(x["train_acc"] for x in o),
-                generalised=tuple(x["generalised"] for x in o),
+                generalised=tuple(
+                    seed_meets(
+                        pd.read_parquet(d / METRICS), "test/acc", threshold, criterion="final"
+                    )
+                    for d in dirs
+                ),
                 grokking_step=tuple(x["grokking_step"] for x in o),
             )
         result.points = sorted(done.values(), key=lambda p: p.size)
-        atomic_write_text(out / "dcrit.json", json.dumps(result.to_dict(), indent=2))
+        save()
+        return {s: done[s].generalises for s in sizes}
+
+    def after_round(bracket) -> None:
+        result.lo, result.hi = bracket.lo, bracket.hi
+        save()
         if on_round is not None:
             on_round(result)
 
-    evaluate([lo, hi])
-    if done[lo].generalises:
-        result.lo, result.hi = None, lo
-    elif not done[hi].generalises:
-        result.lo, result.hi = hi, None
-    else:
-        cur_lo, cur_hi = lo, hi
-        for _ in range(max_rounds):
-            if cur_hi / cur_lo <= 1 + rel_tol:
-                break
-            pts = _log_points(cur_lo, cur_hi, points_per_round)
-            if not pts:
-                break
-            evaluate(pts)
-            inside = [p for p in result.points if cur_lo <= p.size <= cur_hi]
-            cur_hi = min(p.size for p in inside if p.generalises)
-            cur_lo = max(p.size for p in inside if p.size < cur_hi and not p.generalises)
-            result.lo, result.hi = cur_lo, cur_hi
-    atomic_write_text(out / "dcrit.json", json.dumps(result.to_dict(), indent=2))
+    bisect_search(
+        evaluate,
+        lo=lo,
+        hi=hi,
+        scale="log",
+        integer=True,
+        rel_tol=rel_tol,
+        max_rounds=max_rounds,
+        points_per_round=points_per_round,
+        on_round=after_round,
+    )
     return result
 
 
