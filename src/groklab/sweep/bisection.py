@@ -169,7 +169,8 @@ def bisect_search(
     moves the bracket to the smallest value that generalised and the largest smaller value that
     did not. It stops before a round when the bracket is narrow enough (``hi - lo <= tol``
     or ``hi / lo <= 1 + rel_tol``, whichever is given; either one suffices when both are), when
-    no value is left strictly inside, or after ``max_rounds`` rounds.
+    no value is left strictly inside (with neither tolerance, only this and ``max_rounds`` stop
+    it), or after ``max_rounds`` rounds.
 
     Values are rounded before they are evaluated: to integers with ``integer``, else to 6
     decimals on ``linear`` and 6 significant digits on ``log`` (short, stable run names).
