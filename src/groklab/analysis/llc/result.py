@@ -141,49 +141,34 @@ def _summarise(
             f"{len(reasons)} of {trace.shape[0]} chains diverged and were excluded ({detail}); "
             "lower epsilon or raise gamma"
         )
+    nan = float("nan")
+    llc = llc_std = ratio = z = below = nan
     if not keep.any():
         warns.append("all chains diverged: no estimate")
-        return LLCResult(
-            llc=float("nan"),
-            llc_std=float("nan"),
-            llc_per_chain=per_chain,
-            init_loss=init_loss,
-            nbeta=nbeta,
-            n=n,
-            n_params=n_params,
-            settings=settings,
-            trace=trace,
-            convergence_ratio=float("nan"),
-            convergence_z=float("nan"),
-            frac_below_init=float("nan"),
-            diverged=tuple(sorted(reasons)),
-            warnings=tuple(warns),
-            seconds=seconds,
-            max_loss=max_loss,
-        )
-    kept = draws[keep]
-    llc = float(per_chain[keep].mean())
-    llc_std = float(per_chain[keep].std(ddof=1)) if keep.sum() > 1 else 0.0
-    half = kept.shape[1] // 2
-    first = kept[:, :half].mean() - init_loss
-    second = kept[:, half:].mean() - init_loss
-    ratio = float(second / first) if first != 0 else float("nan")
-    z = _shift_z(kept[:, :half].mean(axis=1), kept[:, half:].mean(axis=1))
-    below = float((kept < init_loss).mean())
-    if llc <= 0:
-        warns.append(
-            f"estimate {llc:.4g} <= 0: the draws found lower loss than w*; w* is not a local "
-            "minimum at this temperature, or epsilon is too large"
-        )
-    elif below > 0.25:
-        warns.append(
-            f"{below:.0%} of draws below L(w*): w* may not be a local minimum; read with care"
-        )
-    if math.isfinite(ratio) and not 0.8 <= ratio <= 1.25 and z > 2:
-        warns.append(
-            f"not converged: second-half / first-half estimate = {ratio:.3g}; "
-            "use more burn-in or a larger epsilon"
-        )
+    else:
+        kept = draws[keep]
+        llc = float(per_chain[keep].mean())
+        llc_std = float(per_chain[keep].std(ddof=1)) if keep.sum() > 1 else 0.0
+        half = kept.shape[1] // 2
+        first = kept[:, :half].mean() - init_loss
+        second = kept[:, half:].mean() - init_loss
+        ratio = float(second / first) if first != 0 else nan
+        z = _shift_z(kept[:, :half].mean(axis=1), kept[:, half:].mean(axis=1))
+        below = float((kept < init_loss).mean())
+        if llc <= 0:
+            warns.append(
+                f"estimate {llc:.4g} <= 0: the draws found lower loss than w*; w* is not a local "
+                "minimum at this temperature, or epsilon is too large"
+            )
+        elif below > 0.25:
+            warns.append(
+                f"{below:.0%} of draws below L(w*): w* may not be a local minimum; read with care"
+            )
+        if math.isfinite(ratio) and not 0.8 <= ratio <= 1.25 and z > 2:
+            warns.append(
+                f"not converged: second-half / first-half estimate = {ratio:.3g}; "
+                "use more burn-in or a larger epsilon"
+            )
     return LLCResult(
         llc=llc,
         llc_std=llc_std,
