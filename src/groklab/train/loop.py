@@ -38,19 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
 from groklab.errors import ConfigError, GroklabError
 from groklab.models import build_model
+from groklab.run import first_step_at
 from groklab.store import RunStore, check_new_run_dir, read_manifest
 from groklab.tasks import Task, build_task
 from groklab.train.data import _Batches, _Data
 from groklab.train.device import check_device, resolve_device
 from groklab.train.evaluate import _DTYPES, _Evaluator
 from groklab.train.losses import token_losses
-from groklab.train.manifest import _first_step, _git_rev, _now
+from groklab.train.manifest import _git_rev, _now
 from groklab.train.norm import make_norm_constraint
 from groklab.train.optim import lr_at, make_grad_filter, make_optimizer
 from groklab.train.progress_bar import _Progress
@@ -292,6 +294,7 @@ def _train(
         wall = time.perf_counter() - t0
         done = t - start
         m.store.write_metrics(m.rows)
+        logged = pd.DataFrame(m.rows)
         m.manifest.update(
             {
                 "status": status,
@@ -299,8 +302,8 @@ def _train(
                 "final_step": t,
                 "wall_seconds": round(wall + m.prev_wall, 3),
                 "seconds_per_step": wall / done if done else None,
-                "memorisation_step": _first_step(m.rows, "train/acc"),
-                "grokking_step": _first_step(m.rows, "test/acc"),
+                "memorisation_step": first_step_at(logged, "train/acc"),
+                "grokking_step": first_step_at(logged, "test/acc"),
             }
         )
         m.store.write_manifest(m.manifest)
