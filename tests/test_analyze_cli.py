@@ -36,7 +36,7 @@ def run_dir(tmp_path_factory):
 
 
 def test_analyze_mixed_run_summary_and_cache(run_dir):
-    res = runner.invoke(app, ["analyze", str(run_dir), "--every", "2", "--no-figures"])
+    res = runner.invoke(app, ["analyze", str(run_dir), "--every", "20", "--no-figures"])
     assert res.exit_code == 0, res.output
     out = res.output
     for text in (
@@ -56,7 +56,7 @@ def test_analyze_mixed_run_summary_and_cache(run_dir):
     assert phases["memorisation"][0] == 0
     assert not (run_dir / "figures").exists()
 
-    again = runner.invoke(app, ["analyze", str(run_dir), "--every", "2", "--no-figures"])
+    again = runner.invoke(app, ["analyze", str(run_dir), "--every", "20", "--no-figures"])
     assert again.exit_code == 0 and "from cache" in again.output
     other = runner.invoke(
         app,
@@ -64,7 +64,7 @@ def test_analyze_mixed_run_summary_and_cache(run_dir):
             "analyze",
             str(run_dir),
             "--every",
-            "2",
+            "20",
             "--key-freqs",
             "1,2",
             "--op",

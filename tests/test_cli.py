@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -249,3 +250,133 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "preset 'nope'" in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- one meaning per flag
+# --seeds: a list with ranges (0-3,7) in every command, parsed by groklab.config.parse_seeds.
+# --every N: the checkpoints at multiples of N steps (plus the first and last) in every command.
+# --steps: a list of checkpoint steps (llc); the step budget is --set train.steps=N everywhere.
+# --out/-o: the directory the command writes.
+
+
+def _capture(monkeypatch: pytest.MonkeyPatch, target: str, seen: dict) -> None:
+    """Replace ``module.function`` by one that records its arguments and stops the command."""
+    from groklab.errors import GroklabError
+
+    module, _, name = target.rpartition(".")
+
+    def fake(*args, **kwargs):
+        seen.update(kwargs, args=args)
+        raise GroklabError("stopped by the test")
+
+    monkeypatch.setattr(importlib.import_module(module), name, fake)
+
+
+def test_train_seeds_is_a_list_with_ranges_and_out_holds_one_run_each(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    _capture(monkeypatch, "groklab.train.ensemble.train_many", seen)
+    result = cli("train", "-p", "smoke", "--seeds", "0-1,5", "--split-seeds", "3-4,0", "-o", "out")
+    assert "stopped by the test" in _one_line_error(result)
+    cfgs, targets = seen["args"]
+    assert [c.train.seed for c in cfgs] == [0, 1, 5]
+    assert [c.data.split_seed for c in cfgs] == [3, 4, 0]
+    assert [Path(t) for t in targets] == [Path("out/seed0"), Path("out/seed1"), Path("out/seed5")]
+    bad = cli("train", "-p", "smoke", "--seeds", "0-1", "--split-seeds", "x", "-o", "out")
+    assert _one_line_error(bad).startswith("error: --split-seeds 'x' is not allowed")
+
+
+def test_sweep_seeds_is_a_list_with_ranges_and_out_is_the_sweep_directory(
+    cli, tmp_path: Path
+) -> None:
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "s"\npreset = "smoke"\n')
+    result = cli("sweep", spec, "--seeds", "0-2,7", "--out", "here", "--dry-run")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == "4 runs"
+    assert [Path(x).parent for x in lines[:-1]] == [Path("here")] * 4
+    assert [x.rsplit("seed=", 1)[1] for x in lines[:-1]] == ["0", "1", "2", "7"]
+    assert "is not allowed" in _one_line_error(cli("sweep", spec, "--seeds", "2-x", "--dry-run"))
+
+
+def test_dcrit_seeds_is_a_list_and_out_is_the_search_directory(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    _capture(monkeypatch, "groklab.dcrit.find_dcrit", seen)
+    args = ("dcrit", "-p", "smoke", "--lo", "10", "--hi", "50", "-o", "search")
+    _one_line_error(cli(*args, "--seeds", "0-1,4"))
+    assert list(seen["seeds"]) == [0, 1, 4] and Path(seen["args"][1]) == Path("search")
+    _one_line_error(cli(*args, "--seeds", "0"))
+    assert list(seen["seeds"]) == [0]
+    _one_line_error(cli(*args))
+    assert list(seen["seeds"]) == [0, 1, 2]  # the default, 0-2
+
+
+def test_dcrit_refuses_the_old_seed_count_and_step_budget(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    _capture(monkeypatch, "groklab.dcrit.find_dcrit", seen)
+    args = ("dcrit", "-p", "smoke", "--lo", "10", "--hi", "50")
+    line = _one_line_error(cli(*args, "--seeds", "3"))
+    assert "not a count" in line and "--seeds 0-2" in line and "--seeds 3-3" in line
+    line = _one_line_error(cli(*args, "--seeds", "1"))
+    assert "for 1 seed give --seeds 0-0" in line
+    line = _one_line_error(cli(*args, "--steps", "4000"))
+    assert "--set train.steps=4000" in line
+    assert seen == {}  # nothing was searched
+    _one_line_error(cli(*args, "--seeds", "0-1", "--set", "train.steps=7"))
+    assert seen["args"][0].train.steps == 7
+
+
+def test_ungrok_seeds_is_a_list_and_out_is_its_directory(
+    cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    _capture(monkeypatch, "groklab.dcrit.ungrok_curve", seen)
+    base = ("ungrok", "runs/x@100", "--sizes", "10,20", "-o", "u")
+    _one_line_error(cli(*base, "--seeds", "0-2"))
+    assert list(seen["seeds"]) == [0, 1, 2] and Path(seen["args"][2]) == Path("u")
+    _one_line_error(cli(*base))
+    assert list(seen["seeds"]) == [0]
+    line = _one_line_error(cli(*base, "--seeds", "2"))
+    assert "ungrok --seeds '2'" in line and "--seeds 0-1" in line
+
+
+@pytest.fixture(scope="module")
+def ckpt_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny modular run with checkpoints at 0, 10, 20, 30."""
+    out = tmp_path_factory.mktemp("every") / "run"
+    loop.run_training(tiny_config(), out, progress=False)
+    assert load_run(out).checkpoint_steps == [0, 10, 20, 30]
+    return out
+
+
+@pytest.mark.parametrize("command", ["analyze", "llc"])
+def test_every_counts_steps_in_analyze_and_llc(cli, ckpt_run: Path, command: str) -> None:
+    """--every 2 meant "every 2nd checkpoint" in analyze: refused with the new spelling."""
+    line = _one_line_error(cli(command, ckpt_run, "--every", "2"))
+    assert "multiples of N steps" in line and "saved every 10 steps" in line
+    assert "--every 20" in line
+
+
+def test_analyze_every_selects_multiples_of_n_steps(cli, ckpt_run: Path) -> None:
+    result = cli("analyze", ckpt_run, "--every", "20", "--no-figures")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"checkpoints analysed\s*│?\s*3 ", result.stdout), result.stdout  # 0 20 30
+
+
+def test_llc_every_and_steps_select_checkpoints(
+    cli, ckpt_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict = {}
+    _capture(monkeypatch, "groklab.analysis.llc.llc_over_checkpoints", seen)
+    _one_line_error(cli("llc", ckpt_run, "--every", "20", "-q"))
+    assert seen["steps"] == [0, 20, 30]
+    _one_line_error(cli("llc", ckpt_run, "--steps", "30,10", "-q"))
+    assert seen["steps"] == [10, 30]
+    line = _one_line_error(cli("llc", ckpt_run, "--steps", "5", "-q"))
+    assert "--steps: no checkpoint at step 5" in line

@@ -11,11 +11,11 @@ from typer.testing import CliRunner
 
 from conftest import tiny_config
 from groklab.cli import app
-from groklab.config import RunConfig
+from groklab.config import RunConfig, parse_seeds
 from groklab.errors import ConfigError
 from groklab.run import load_run
 from groklab.train import loop
-from groklab.train.ensemble import check_stackable, parse_seeds, seed_configs, train_many
+from groklab.train.ensemble import check_stackable, seed_configs, train_many
 from groklab.train.loop import run_training
 
 

@@ -580,16 +580,6 @@ def test_landmarks_log_scale_for_a_fall_over_orders_of_magnitude() -> None:
     assert log["peak_step"] == 200 and log["final_llc"] == 0.25
 
 
-def test_select_steps() -> None:
-    avail = [0, 3, 10, 100, 200, 250, 300]
-    assert llc.select_steps(avail) == avail
-    assert llc.select_steps(avail, every=100) == [0, 100, 200, 300]
-    assert llc.select_steps([5, 100, 150], every=100) == [5, 100, 150]
-    assert llc.select_steps(avail, steps=[200, 3]) == [3, 200]
-    with pytest.raises(ConfigError, match="no checkpoint at step 7"):
-        llc.select_steps(avail, steps=[7])
-
-
 # --------------------------------------------------------------------------- runs
 
 

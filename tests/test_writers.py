@@ -201,8 +201,8 @@ def test_sweep_into_another_sweep_is_refused(work: Path) -> None:
 def test_dcrit_checks_hi_before_training_anything(work: Path) -> None:
     before = snapshot(work.parent)
     result = invoke(
-        "dcrit", "--preset", "smoke", "--lo", "5", "--hi", "100000", "--seeds", "1",
-        "--steps", "5", "--out", "search",
+        "dcrit", "--preset", "smoke", "--lo", "5", "--hi", "100000", "--seeds", "0",
+        "--set", "train.steps=5", "--out", "search",
     )  # fmt: skip
     one_line(result, 2, "data.train_size=100000", "larger than the data")
     assert snapshot(work.parent) == before  # the lo runs were not trained first
@@ -211,8 +211,8 @@ def test_dcrit_checks_hi_before_training_anything(work: Path) -> None:
 def test_dcrit_into_a_run_directory_is_refused(work: Path) -> None:
     before = snapshot(work.parent)
     result = invoke(
-        "dcrit", "--preset", "smoke", "--lo", "5", "--hi", "50", "--seeds", "1",
-        "--steps", "5", "--out", "myrun",
+        "dcrit", "--preset", "smoke", "--lo", "5", "--hi", "50", "--seeds", "0",
+        "--set", "train.steps=5", "--out", "myrun",
     )  # fmt: skip
     one_line(result, 2, "myrun", "holds a run")
     assert snapshot(work.parent) == before

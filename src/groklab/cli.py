@@ -107,7 +107,12 @@ def train(
         typer.Option("--set", "-s", help="override a field: section.key=value (repeatable)"),
     ] = None,
     out: Annotated[
-        Optional[Path], typer.Option("--out", "-o", help="run directory (default runs/<name>)")
+        Optional[Path],
+        typer.Option(
+            "--out",
+            "-o",
+            help="the run directory to write (default runs/<name>); with --seeds, OUT/seedN",
+        ),
     ] = None,
     resume: Annotated[
         Optional[Path], typer.Option("--resume", help="continue the run in this directory")
@@ -133,7 +138,7 @@ def train(
         typer.Option(
             "--seeds",
             help="train one run per seed (train.seed) as one batched computation, e.g. "
-            "0,1,2,3 or 0-7; run N goes to OUT/seedN",
+            "0,1,2,3 or 0-7 or 0-3,10; run N goes to OUT/seedN",
         ),
     ] = None,
     split_seeds: Annotated[
@@ -209,12 +214,15 @@ def train(
         cfg = apply_overrides(cfg, overrides)
         path = out or Path("runs") / cfg.name
         if seeds is not None or split_seeds is not None:
-            from groklab.train.ensemble import parse_seeds, seed_configs, train_many
+            from groklab.config import parse_seeds
+            from groklab.train.ensemble import seed_configs, train_many
 
             if seeds is None:
                 fail("--split-seeds needs --seeds (one train seed per split seed)")
             seed_list = parse_seeds(seeds)
-            splits = parse_seeds(split_seeds) if split_seeds is not None else None
+            splits = (
+                parse_seeds(split_seeds, flag="--split-seeds") if split_seeds is not None else None
+            )
             cfgs = seed_configs(cfg, seed_list, split_seeds=splits)
             targets = [path / f"seed{s}" for s in seed_list]
             train_many(cfgs, targets, progress=not quiet)

@@ -40,6 +40,7 @@ __all__ = [
     "config_from_dict",
     "config_to_dict",
     "load_config",
+    "parse_seeds",
     "save_config",
 ]
 
@@ -54,6 +55,7 @@ SPLITS = ("groklab", "published")  # data.split: groklab's torch shuffle or the 
 MAX_P = 2048
 MAX_STEPS = 1_000_000_000
 MAX_SEED = 2**63 - 1
+MAX_SEEDS = 4096  # seeds of one --seeds list
 MAX_ROWS = 2**24  # train_size, test_size, train_subset: = 2048² problems × 4 operations
 # Generated tasks: the largest value of each size field.
 _ZOO_MAX = {"seq_len": 4096, "n_bits": 4096, "vocab_size": 2**20, "n_tasks": 2**16}
@@ -75,6 +77,63 @@ def _choice(section: str, name: str, value: Any, allowed: tuple[Any, ...]) -> No
 def _check(cond: bool, section: str, name: str, value: Any, allowed: str) -> None:
     if not cond:
         raise ConfigError(f"{section}.{name}={value!r} is not allowed; must be {allowed}")
+
+
+def parse_seeds(text: str, *, flag: str = "--seeds") -> list[int]:
+    """A seed list, as every command's ``--seeds`` (and ``train --split-seeds``) takes it.
+
+    Integers and inclusive ranges, comma-separated: ``"0,1,2,3"``, ``"0-7"``, ``"0-3,10"``
+    (spaces ignored) → distinct seeds >= 0, in the order given. A bare ``"3"`` is seed 3.
+
+    Raises:
+        ConfigError: malformed text, a negative or repeated seed, more than
+            :data:`MAX_SEEDS` seeds or a seed above :data:`MAX_SEED` (named by ``flag``).
+    """
+    limits = f"at most {MAX_SEEDS} seeds, each in 0..{MAX_SEED}"
+    seeds: list[int] = []
+    for part in text.replace(" ", "").split(","):
+        if not part:
+            continue
+        try:
+            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
+            lo_i, hi_i = int(lo), int(hi)
+        except ValueError:
+            raise ConfigError(
+                f"{flag} {text!r} is not allowed; must be seeds like 0,1,2,3 or 0-7"
+            ) from None
+        if hi_i - lo_i + 1 > MAX_SEEDS - len(seeds):
+            raise ConfigError(f"{flag} {text!r} is not allowed; {limits}")
+        seeds.extend(range(lo_i, hi_i + 1))
+    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ConfigError(
+            f"{flag} {text!r} is not allowed; must be distinct seeds >= 0 like 0,1,2,3 or 0-7"
+        )
+    if max(seeds) > MAX_SEED:
+        raise ConfigError(f"{flag} {text!r} is not allowed; {limits}")
+    return seeds
+
+
+# The one table of task defaults: the value a task uses for a data field left unset (None).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digit-add": {"n_digits": 5, "test_size": 2000},
+    "repeat-subseq": {"vocab_size": 128, "seq_len": 85, "repeat_len": 16, "test_size": 2000},
+    "max-element": {"seq_len": 10, "test_size": 2000},
+    "sparse-parity": {
+        "n_tasks": 100,
+        "n_bits": 50,
+        "parity_k": 3,
+        "zipf_alpha": 1.5,
+        "test_size": 2000,
+    },
+    "mnist": {"train_size": 1000},  # Omnigrok: the first 1,000 training images
+}
+
+
+def task_value(d: DataConfig, name: str) -> Any:
+    """``d.<name>``, or its task's default (:data:`TASK_DEFAULTS`) when unset; ``None`` when
+    neither is set."""
+    v = getattr(d, name)
+    return TASK_DEFAULTS.get(d.task, {}).get(name) if v is None else v
 
 
 # Fields of the generated tasks, and the tasks each applies to (None = that task's default).
@@ -112,12 +171,12 @@ def _check_zoo_fields(d: DataConfig) -> None:
     if d.n_digits is not None:
         _check(d.n_digits <= 30, s, "n_digits", d.n_digits, "in 1..30")
     if d.task == "repeat-subseq":
-        length, rep = d.seq_len or 85, d.repeat_len or 16
+        length, rep = task_value(d, "seq_len"), task_value(d, "repeat_len")
         _check(rep >= 2, s, "repeat_len", rep, ">= 2")
         _check(length >= 2 * rep, s, "seq_len", length, f">= 2 * repeat_len ({2 * rep})")
-        _check((d.vocab_size or 128) >= 2, s, "vocab_size", d.vocab_size, ">= 2")
+        _check(task_value(d, "vocab_size") >= 2, s, "vocab_size", d.vocab_size, ">= 2")
     if d.task == "sparse-parity":
-        k, n = d.parity_k or 3, d.n_bits or 50
+        k, n = task_value(d, "parity_k"), task_value(d, "n_bits")
         _check(k <= n, s, "parity_k", k, f"<= n_bits ({n})")
     if d.train_subset is not None:
         _check(

@@ -58,7 +58,7 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
     ``generalised``: final test accuracy >= ``threshold``; ``memorised``: final train
     accuracy >= 0.99; ``grokking_step``: first evaluated step with test accuracy >= threshold.
     """
-    from groklab.run import load_run
+    from groklab.run import first_step_at, load_run
 
     run = load_run(run_dir)
     m = run.metrics
@@ -66,7 +66,6 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
         raise GroklabError(f"{run_dir}: the run has no metrics (status {run.status})")
     last = m.iloc[-1]
     test_acc, train_acc = float(last["test/acc"]), float(last["train/acc"])
-    hit = m.loc[m["test/acc"] >= threshold, "step"]
     return {
         "status": run.status,
         "final_step": int(last["step"]),
@@ -75,7 +74,7 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
         "test_loss": float(last["test/loss"]),
         "generalised": bool(math.isfinite(test_acc) and test_acc >= threshold),
         "memorised": bool(train_acc >= 0.99),
-        "grokking_step": int(hit.iloc[0]) if len(hit) else None,
+        "grokking_step": first_step_at(m, "test/acc", threshold),
     }
 
 

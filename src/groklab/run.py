@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from functools import cached_property
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +34,76 @@ from groklab.store import (
 )
 from groklab.tasks import Task, build_task, tensor_hash
 
-__all__ = ["Run", "first_step_at", "load_run", "summarize_metrics"]
+__all__ = ["Run", "first_step_at", "load_run", "select_steps", "summarize_metrics"]
 
 
 def first_step_at(metrics: pd.DataFrame, column: str, threshold: float = 0.99) -> int | None:
-    """First logged step where ``column >= threshold`` (``None`` if never)."""
-    if column not in metrics:
+    """The first logged step where ``column >= threshold``; ``None`` if never.
+
+    The one rule for "the step a metric first reaches a threshold" (memorisation, grokking,
+    Omnigrok's fit and generalisation steps, a search's grokking step, a bisection's metric).
+    ``>=``: reaching the threshold counts. A missing value (NaN, e.g. an accuracy on an empty
+    split, or a row logged before the column existed) never counts. "First" is the smallest
+    such step, so the rows need not be sorted. No such column, or no rows: ``None``.
+    """
+    if column not in metrics or "step" not in metrics or metrics.empty:
         return None
-    hit = metrics.loc[metrics[column] >= threshold, "step"]
-    return int(hit.iloc[0]) if len(hit) else None
+    values = pd.to_numeric(metrics[column], errors="coerce")
+    hit = metrics.loc[values >= threshold, "step"]  # NaN >= x is False
+    return int(hit.min()) if len(hit) else None
+
+
+def select_steps(
+    available: Sequence[int], *, every: int | None = None, steps: Iterable[int] | None = None
+) -> list[int]:
+    """The checkpoint steps an analysis reads: ``--every`` and ``--steps`` of every command.
+
+    Args:
+        available: the saved checkpoint steps.
+        every: the checkpoints at steps that are multiples of ``every`` (``--every N``), plus
+            the first and the last checkpoint; ``None`` or 1: all of them.
+        steps: exactly these checkpoint steps (``--steps``); overrides ``every``.
+
+    Raises:
+        ConfigError: a step in ``steps`` has no checkpoint; ``every`` < 1; or ``every`` is
+            below the usual spacing of the saved checkpoints (``--every`` counts steps, not
+            checkpoints: a smaller ``every`` selects every checkpoint or an unintended few,
+            so it is refused with the value that takes every N-th checkpoint).
+    """
+    avail = sorted({int(s) for s in available})
+    if steps is not None:
+        want = sorted({int(s) for s in steps})
+        have = set(avail)
+        missing = [s for s in want if s not in have]
+        if missing:
+            hint = f"{avail[0]}..{avail[-1]} ({len(avail)} saved)" if avail else "none saved"
+            raise ConfigError(f"--steps: no checkpoint at step {missing[0]}; available: {hint}")
+        return want
+    if every is not None and every < 1:
+        raise ConfigError(f"--every={every} is not allowed; use a positive number of steps")
+    if every is None or every == 1:
+        return avail
+    spacing = _usual_spacing(avail)
+    if spacing is not None and every < spacing:
+        raise ConfigError(
+            f"--every={every} is not allowed: --every N takes the checkpoints at multiples of N "
+            f"steps, and these are saved every {spacing} steps; for every {every}-th "
+            f"checkpoint give --every {every * spacing}"
+        )
+    out = {s for s in avail if s % every == 0}
+    if avail:
+        out |= {avail[0], avail[-1]}
+    return sorted(out)
+
+
+def _usual_spacing(steps: Sequence[int]) -> int | None:
+    """The most common gap between consecutive checkpoint steps (the largest of equally common
+    ones); log-spaced early checkpoints and an off-grid final one do not set it."""
+    gaps = Counter(b - a for a, b in pairwise(steps))
+    if not gaps:
+        return None
+    top = max(gaps.values())
+    return max(g for g, n in gaps.items() if n == top)
 
 
 def summarize_metrics(metrics: pd.DataFrame) -> dict[str, Any]:

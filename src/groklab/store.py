@@ -329,6 +329,16 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], prefix: str = "") ->
     return None
 
 
+def different_run_error(
+    where: str | Path, old: dict[str, Any] | None, new: dict[str, Any]
+) -> RunExistsError:
+    """The one error for "this directory holds a different run": it names the first config
+    field that differs (``old``: the directory's config as a dict, ``None`` when unreadable;
+    ``new``: the config being written)."""
+    diff = _first_difference(old, new) if old is not None else "unreadable config"
+    return RunExistsError(f"{where}: already holds a different run ({diff}); choose another --out")
+
+
 def resolve_target(path: str | Path) -> Path:
     """The absolute directory a writer of ``path`` would write: ``..`` and symlinks resolved
     the way creating it would resolve them (``typo/../run`` is ``./run``)."""
@@ -388,10 +398,7 @@ def check_new_run_dir(path: str | Path, config: RunConfig) -> Path:
                 f"{where}: already holds this run; continue it with "
                 f"`groklab train --resume {path}` or choose another --out"
             )
-        diff = _first_difference(old, new) if old is not None else "unreadable config"
-        raise RunExistsError(
-            f"{where}: already holds a different run ({diff}); choose another --out"
-        )
+        raise different_run_error(where, old, new)
     if entries:
         raise RunExistsError(
             f"{where}: directory is not empty and holds no groklab run; "

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from groklab.errors import ConfigError, GroklabError
+from groklab.run import first_step_at
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -61,7 +62,6 @@ __all__ = [
     "classify",
     "curves_figure",
     "delay_summary",
-    "first_step",
     "layer_norms",
     "layer_of",
     "phase_diagram_figure",
@@ -81,14 +81,6 @@ PHASE_COLOURS = {
 
 
 # ----------------------------------------------------------------------------- steps
-
-
-def first_step(metrics: pd.DataFrame, column: str, threshold: float) -> int | None:
-    """First logged step where ``column >= threshold`` (``None`` if never or no column)."""
-    if column not in metrics or metrics.empty:
-        return None
-    hit = metrics.loc[metrics[column] >= threshold, "step"]
-    return int(hit.iloc[0]) if len(hit) else None
 
 
 def settle_step(metrics: pd.DataFrame, column: str, *, tol: float = 0.01) -> int | None:
@@ -181,8 +173,8 @@ def classify(metrics: pd.DataFrame, rule: PhaseRule | None = None) -> PhaseResul
             raise ConfigError(f"metrics: column {col!r} missing (needs step, train/acc, test/acc)")
     if metrics.empty:
         raise ConfigError("metrics: no rows (the run has not been evaluated yet)")
-    t_fit = first_step(metrics, "train/acc", rule.fit_acc)
-    t_gen = first_step(metrics, "test/acc", rule.gen_acc)
+    t_fit = first_step_at(metrics, "train/acc", rule.fit_acc)
+    t_gen = first_step_at(metrics, "test/acc", rule.gen_acc)
     if t_fit is None:
         phase = "confusion"
     elif t_gen is None:
@@ -218,14 +210,14 @@ def delay_summary(
         ``test_gen``).
     """
     wn = metrics.get("wnorm/total")
-    t_gen = first_step(metrics, "test/acc", gen_acc)
+    t_gen = first_step_at(metrics, "test/acc", gen_acc)
     at_gen = math.nan
     if wn is not None and t_gen is not None:
         at_gen = float(wn[metrics["step"] == t_gen].iloc[0])
     return {
-        "train_100": first_step(metrics, "train/acc", 1.0),
-        "train_99": first_step(metrics, "train/acc", 0.99),
-        "test_50": first_step(metrics, "test/acc", 0.5),
+        "train_100": first_step_at(metrics, "train/acc", 1.0),
+        "train_99": first_step_at(metrics, "train/acc", 0.99),
+        "test_50": first_step_at(metrics, "test/acc", 0.5),
         "test_gen": t_gen,
         "test_settle": settle_step(metrics, "test/acc", tol=settle_tol),
         "final_test_acc": float(metrics["test/acc"].iloc[-1]),

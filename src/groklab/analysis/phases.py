@@ -38,6 +38,7 @@ from typing import Any
 import pandas as pd
 
 from groklab.errors import ConfigError
+from groklab.run import first_step_at
 
 __all__ = ["Phases", "find_phases", "grokking_step"]
 
@@ -85,11 +86,6 @@ class Phases:
         return cls(**d)
 
 
-def _first_at(steps: pd.Series, values: pd.Series, threshold: float) -> int | None:
-    hit = steps[values >= threshold]
-    return int(hit.iloc[0]) if len(hit) else None
-
-
 def grokking_step(
     table: pd.DataFrame,
     op: str,
@@ -102,8 +98,8 @@ def grokking_step(
     if metrics is not None and len(metrics):
         col = "test/acc" if single_op else f"test/{op}/acc"
         if col in metrics:
-            return _first_at(metrics["step"], metrics[col], acc)
-    return _first_at(table["step"], table[f"{op}/test_acc"], acc)
+            return first_step_at(metrics, col, acc)
+    return first_step_at(table, f"{op}/test_acc", acc)
 
 
 def find_phases(

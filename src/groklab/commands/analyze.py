@@ -100,7 +100,14 @@ def _print_summary(run: Any, result: Any, figures: list[Path], console: Any) -> 
 
 def analyze(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
-    every: Annotated[int, typer.Option("--every", "-e", help="analyse every N-th checkpoint")] = 1,
+    every: Annotated[
+        int,
+        typer.Option(
+            "--every",
+            "-e",
+            help="the checkpoints at multiples of N steps, plus the first and last (default: all)",
+        ),
+    ] = 1,
     key_freqs: Annotated[
         str | None,
         typer.Option(
@@ -181,7 +188,7 @@ def import_(
     src: Annotated[
         Path, typer.Argument(help="a published checkpoint (.pth/.pt) or a folder of them")
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="the groklab run directory to create")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the run directory to write")],
     operation: Annotated[
         str, typer.Option("--operation", help="the operation the model was trained on")
     ] = "add",

@@ -102,10 +102,16 @@ _DEVICE = typer.Option("--device", help="cpu, cuda or cuda:N")
 def run_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a run directory")],
     every: Annotated[
-        int | None, typer.Option("--every", help="checkpoints at multiples of N steps")
+        int | None,
+        typer.Option(
+            "--every",
+            "-e",
+            help="the checkpoints at multiples of N steps, plus the first and last (default: all)",
+        ),
     ] = None,
     steps: Annotated[
-        str | None, typer.Option("--steps", help="explicit checkpoint steps, e.g. 0,500,1000")
+        str | None,
+        typer.Option("--steps", help="exactly these checkpoint steps, e.g. 0,500,1000"),
     ] = None,
     subset: Annotated[
         list[str] | None,
@@ -144,7 +150,7 @@ def run_cmd(
 
     from groklab.analysis import llc
     from groklab.commands._common import console, err_console
-    from groklab.run import load_run
+    from groklab.run import load_run, select_steps
 
     try:
         run = load_run(run_dir)
@@ -165,7 +171,7 @@ def run_cmd(
             not no_calibration,
         )
         step_list = None if steps is None else [int(v) for v in _floats(steps, "--steps")]
-        wanted = llc.select_steps(run.checkpoint_steps, every=every, steps=step_list)
+        wanted = select_steps(run.checkpoint_steps, every=every, steps=step_list)
         if not wanted:
             _fail(f"{run_dir}: no checkpoints to analyse")
         run.check_checkpoints(wanted)

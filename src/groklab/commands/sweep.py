@@ -32,18 +32,6 @@ def _console() -> tuple[Any, Any]:
     return console, err_console
 
 
-def _parse_seeds(text: str) -> list[int]:
-    from groklab.errors import ConfigError
-
-    try:
-        seeds = [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise ConfigError(f"--seeds {text!r} is not allowed; give integers like 0,1,2") from None
-    if not seeds:
-        raise ConfigError("--seeds is empty; give integers like 0,1,2")
-    return seeds
-
-
 def _cell(v: Any, fmt: str = "{}") -> str:
     import pandas as pd
 
@@ -98,14 +86,18 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--address", help="Ray cluster address (ray backend)")
         ] = None,
         out: Annotated[
-            Path | None, typer.Option("--out", "-o", help="sweep directory (sweeps/<name>)")
+            Path | None,
+            typer.Option(
+                "--out", "-o", help="the sweep directory to write (default sweeps/<name>)"
+            ),
         ] = None,
         set_: Annotated[
             list[str] | None,
             typer.Option("--set", "-s", help="override the base config: section.key=value"),
         ] = None,
         seeds: Annotated[
-            str | None, typer.Option("--seeds", help="replace the spec's seeds: 0,1,2")
+            str | None,
+            typer.Option("--seeds", help="replace the spec's seeds, e.g. 0,1,2 or 0-7 or 0-3,10"),
         ] = None,
         option: Annotated[
             list[str] | None,
@@ -158,6 +150,7 @@ def register(app: typer.Typer) -> None:
         """
         import contextlib
 
+        from groklab.config import parse_seeds
         from groklab.errors import GroklabError, RunDamagedError
         from groklab.studies import draw_study_figures
         from groklab.sweep import (
@@ -177,7 +170,7 @@ def register(app: typer.Typer) -> None:
             sp = load_spec(
                 spec,
                 sets=sets,
-                seeds=_parse_seeds(seeds) if seeds else None,
+                seeds=parse_seeds(seeds) if seeds is not None else None,
                 options=option or (),
             )
             sweep_dir = out or Path("sweeps") / sp.name

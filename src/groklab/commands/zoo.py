@@ -88,6 +88,28 @@ def _task_lines(run: Any) -> list[str]:
     return []
 
 
+def _seed_list(text: str, command: str) -> list[int]:
+    """``--seeds`` of ``dcrit`` and ``ungrok``: a seed list like every command's
+    (:func:`groklab.config.parse_seeds`).
+
+    A bare positive integer ``N`` once meant N seeds (0..N-1) here; taken as the one seed N
+    it would silently run other seeds, so it is refused with both new spellings. ``0`` is
+    seed 0 (as a count it never ran anything).
+    """
+    from groklab.config import parse_seeds
+    from groklab.errors import ConfigError
+
+    t = text.strip()
+    if t.isdigit() and int(t) > 0:
+        n = int(t)
+        seeds = "seed" if n == 1 else "seeds"
+        raise ConfigError(
+            f"{command} --seeds {t!r} is not allowed; --seeds is a list of seeds, not a count: "
+            f"for {n} {seeds} give --seeds 0-{n - 1}, for seed {n} alone --seeds {n}-{n}"
+        )
+    return parse_seeds(t)
+
+
 def register(app: typer.Typer) -> None:
     """Add ``dcrit`` and ``ungrok`` to the CLI."""
 
@@ -105,9 +127,20 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--set", "-s", help="override a base field: section.key=value"),
         ] = None,
-        seeds: Annotated[int, typer.Option("--seeds", help="seeds per size (0..N-1)")] = 3,
+        seeds: Annotated[
+            str,
+            typer.Option(
+                "--seeds",
+                help="the seeds of every size (values of --seed-key), e.g. 0-2 or 0,1,2",
+            ),
+        ] = "0-2",
         steps: Annotated[
-            int | None, typer.Option("--steps", help="step budget per run (train.steps)")
+            str | None,
+            typer.Option(
+                "--steps",
+                hidden=True,
+                help="refused: the step budget is --set train.steps=N",
+            ),
         ] = None,
         threshold: Annotated[
             float,
@@ -145,7 +178,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         out: Annotated[
             Path | None,
-            typer.Option("--out", "-o", help="search folder (default sweeps/dcrit-<name>)"),
+            typer.Option(
+                "--out",
+                "-o",
+                help="the search directory to write (default sweeps/dcrit-<name>, with "
+                "--from-checkpoint sweeps/ungrok-<run>-<step>)",
+            ),
         ] = None,
     ) -> None:
         """Critical data size: bisect (log scale) the training-set size between runs that
@@ -159,7 +197,13 @@ def register(app: typer.Typer) -> None:
         from groklab.presets import get_preset
 
         try:
-            ovs = list(set_ or []) + ([f"train.steps={steps}"] if steps else [])
+            if steps is not None:  # --steps of every other command lists checkpoint steps
+                _fail(
+                    f"dcrit --steps {steps} is not allowed; the step budget per run is a config "
+                    f"field: give --set train.steps={steps}"
+                )
+            seed_list = _seed_list(seeds, "dcrit")
+            ovs = list(set_ or [])
             if from_checkpoint is not None:
                 if preset or config:
                     _fail("--from-checkpoint takes the checkpoint's config; drop --preset/--config")
@@ -185,7 +229,7 @@ def register(app: typer.Typer) -> None:
                 folder,
                 lo=lo,
                 hi=hi,
-                seeds=range(seeds),
+                seeds=seed_list,
                 threshold=threshold,
                 rel_tol=tol,
                 max_rounds=max_rounds,
@@ -218,14 +262,25 @@ def register(app: typer.Typer) -> None:
         sizes: Annotated[
             str, typer.Option("--sizes", help="training subset sizes, comma separated")
         ],
-        seeds: Annotated[int, typer.Option("--seeds", help="subset draws per size")] = 1,
+        seeds: Annotated[
+            str,
+            typer.Option(
+                "--seeds",
+                help="the subset draws of every size (data.subset_seed), e.g. 0 or 0-2",
+            ),
+        ] = "0",
         set_: Annotated[
             list[str] | None,
             typer.Option("--set", "-s", help="override: section.key=value (e.g. train.steps=5000)"),
         ] = None,
         workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
         out: Annotated[
-            Path | None, typer.Option("--out", "-o", help="folder (default sweeps/ungrok-<run>)")
+            Path | None,
+            typer.Option(
+                "--out",
+                "-o",
+                help="the directory to write (default sweeps/ungrok-<run>-<step>)",
+            ),
         ] = None,
     ) -> None:
         """Ungrokking / semi-grokking: continue a grokked checkpoint on random subsets of its
@@ -241,13 +296,14 @@ def register(app: typer.Typer) -> None:
             except ValueError:
                 _fail(f"--sizes {sizes!r} is not a comma-separated list of integers")
                 return
+            seed_list = _seed_list(seeds, "ungrok")
             run_dir, step = parse_checkpoint_ref(checkpoint)
             folder = out or Path("sweeps") / f"ungrok-{run_dir.name}-{step}"
             table = ungrok_curve(
                 checkpoint,
                 size_list,
                 folder,
-                seeds=range(seeds),
+                seeds=seed_list,
                 overrides=list(set_ or []),
                 workers=workers,
             )

@@ -25,10 +25,9 @@ __all__ = ["omnigrok_phase_diagram"]
 
 def _train_in_turn(configs: list[RunConfig], outs: list[Path], *, progress: bool) -> None:
     """Train each config unless its directory already holds the finished run (resume else)."""
-    from groklab.config import config_hash
-    from groklab.errors import RunExistsError
+    from groklab.config import config_to_dict
     from groklab.run import load_run
-    from groklab.store import CONFIG
+    from groklab.store import CONFIG, different_run_error
     from groklab.train.loop import run_training
 
     for cfg, path in zip(configs, outs, strict=True):
@@ -36,8 +35,9 @@ def _train_in_turn(configs: list[RunConfig], outs: list[Path], *, progress: bool
             run_training(cfg, path, progress=progress)
             continue
         run = load_run(path)
-        if config_hash(run.config) != config_hash(cfg):
-            raise RunExistsError(f"{path}: already holds a different run; use another out")
+        old, new = config_to_dict(run.config), config_to_dict(cfg)
+        if old != new:
+            raise different_run_error(path, old, new)
         if run.status != "completed":
             run_training(cfg, path, resume=True, progress=progress)
 

@@ -19,22 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from groklab.config import RunConfig, config_hash, config_to_dict, load_config
-from groklab.errors import ConfigError, GroklabError, RunDamagedError
-from groklab.store import CONFIG, atomic_write_text, read_manifest
+from groklab.errors import GroklabError, RunDamagedError
+from groklab.store import CONFIG, atomic_write_text, different_run_error, read_manifest
 from groklab.sweep.analyses import _analysis_marker, _jsonable, resolve_analysis
 from groklab.sweep.spec import DONE_STATUSES
-
-
-def _config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> str | None:
-    for k in sorted(set(a) | set(b)):
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            d = _config_diff(va, vb, f"{prefix}{k}.")
-            if d:
-                return d
-        elif va != vb:
-            return f"{prefix}{k}: {va!r} there, {vb!r} here"
-    return None
 
 
 def _execute(cfg: RunConfig, out: Path) -> str:
@@ -51,8 +39,7 @@ def _execute(cfg: RunConfig, out: Path) -> str:
             ) from None
         new = config_to_dict(cfg)
         if old != new:
-            diff = _config_diff(old, new)
-            raise ConfigError(f"{out}: already holds a different run ({diff}); use another --out")
+            raise different_run_error(out, old, new)
         if read_manifest(out).get("status") in DONE_STATUSES:
             from groklab.run import load_run
 

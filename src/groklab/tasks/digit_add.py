@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from groklab.config import DataConfig
+from groklab.config import DataConfig, task_value
 from groklab.errors import ConfigError
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
 __all__ = ["EQUALS", "PLUS", "add_digits", "build_digit_add", "encode_problems"]
 
 PLUS, EQUALS = 10, 11
-_DEFAULT_DIGITS, _DEFAULT_TEST = 5, 2000
 # Below this many distinct problems the split is drawn without replacement from all of them.
 _ENUMERATE_LIMIT = 1 << 20
 
@@ -83,8 +82,8 @@ def _keys(x: torch.Tensor, n: int) -> list[bytes]:
 
 def build_digit_add(cfg: DataConfig) -> Task:
     """Build the n-digit addition task of ``cfg`` (see the module docstring)."""
-    n = cfg.n_digits or _DEFAULT_DIGITS
-    n_test = cfg.test_size or _DEFAULT_TEST
+    n = task_value(cfg, "n_digits")
+    n_test = task_value(cfg, "test_size")
     gen = torch.Generator().manual_seed(cfg.split_seed)
     space = 10 ** (2 * n)
     infinite = cfg.train_size is None

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from groklab.config import DataConfig
+from groklab.config import DataConfig, task_value
 from groklab.errors import ConfigError
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
@@ -54,7 +54,6 @@ MNIST_SOURCE = (
     "https://storage.googleapis.com/cvdf-datasets/mnist/ "
     "(mirror of http://yann.lecun.com/exdb/mnist/)"
 )
-MNIST_DEFAULT_TRAIN_SIZE = 1_000  # Omnigrok: the first 1,000 training images
 
 # IDX type codes -> big-endian numpy dtypes.
 _IDX_DTYPES = {
@@ -244,5 +243,5 @@ def build_mnist(cfg: DataConfig) -> Task:
         )
     x, y, shape = load_mnist_arrays(Path(cfg.data_dir).expanduser())
     return image_task(
-        "mnist", x, y, cfg, image_shape=shape, default_train_size=MNIST_DEFAULT_TRAIN_SIZE
+        "mnist", x, y, cfg, image_shape=shape, default_train_size=task_value(cfg, "train_size")
     )

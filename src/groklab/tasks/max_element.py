@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import torch
 
-from groklab.config import DataConfig
+from groklab.config import DataConfig, task_value
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
 __all__ = ["END", "N_LARGE", "START", "build_max_element", "sample_max_element"]
 
 N_LARGE = 10  # large values 10 .. 19
 START, END = 2 * N_LARGE, 2 * N_LARGE + 1
-_DEFAULT_LEN, _DEFAULT_TEST = 10, 2000
 
 
 def sample_max_element(
@@ -41,8 +40,8 @@ def sample_max_element(
 
 def build_max_element(cfg: DataConfig) -> Task:
     """Build the max-element task of ``cfg`` (see the module docstring)."""
-    length = cfg.seq_len or _DEFAULT_LEN
-    n_test = cfg.test_size or _DEFAULT_TEST
+    length = task_value(cfg, "seq_len")
+    n_test = task_value(cfg, "test_size")
     infinite = cfg.train_size is None
     gen = torch.Generator().manual_seed(cfg.split_seed)
     train_x, train_y = sample_max_element(gen, n_test if infinite else cfg.train_size, length)

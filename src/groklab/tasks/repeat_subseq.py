@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from groklab.config import DataConfig
+from groklab.config import DataConfig, task_value
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "sample_repeat_subseq",
 ]
 
-_DEFAULTS = {"vocab_size": 128, "seq_len": 85, "repeat_len": 16, "test_size": 2000}
 
 
 def sample_repeat_subseq(
@@ -53,10 +52,10 @@ def sample_repeat_subseq(
 
 def build_repeat_subseq(cfg: DataConfig) -> Task:
     """Build the repeated-subsequence task of ``cfg`` (see the module docstring)."""
-    vocab = cfg.vocab_size or _DEFAULTS["vocab_size"]
-    length = cfg.seq_len or _DEFAULTS["seq_len"]
-    repeat = cfg.repeat_len or _DEFAULTS["repeat_len"]
-    n_test = cfg.test_size or _DEFAULTS["test_size"]
+    vocab = task_value(cfg, "vocab_size")
+    length = task_value(cfg, "seq_len")
+    repeat = task_value(cfg, "repeat_len")
+    n_test = task_value(cfg, "test_size")
     infinite = cfg.train_size is None
     kw = {"vocab": vocab, "length": length, "repeat": repeat}
     gen = torch.Generator().manual_seed(cfg.split_seed)

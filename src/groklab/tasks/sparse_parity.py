@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import torch
 
-from groklab.config import DataConfig
+from groklab.config import DataConfig, task_value
 from groklab.tasks.base import EvalSubset, Task, tensor_hash
 
 __all__ = ["build_sparse_parity", "encode_parity", "task_frequencies"]
 
-_DEFAULTS = {"n_tasks": 100, "n_bits": 50, "parity_k": 3, "zipf_alpha": 1.5, "test_size": 2000}
 
 
 def task_frequencies(n_tasks: int, alpha: float) -> torch.Tensor:
@@ -53,11 +52,11 @@ def encode_parity(
 
 def build_sparse_parity(cfg: DataConfig) -> Task:
     """Build the multitask sparse parity task of ``cfg`` (see the module docstring)."""
-    n_tasks = cfg.n_tasks or _DEFAULTS["n_tasks"]
-    n = cfg.n_bits or _DEFAULTS["n_bits"]
-    k = cfg.parity_k or _DEFAULTS["parity_k"]
-    alpha = _DEFAULTS["zipf_alpha"] if cfg.zipf_alpha is None else cfg.zipf_alpha
-    n_test = cfg.test_size or _DEFAULTS["test_size"]
+    n_tasks = task_value(cfg, "n_tasks")
+    n = task_value(cfg, "n_bits")
+    k = task_value(cfg, "parity_k")
+    alpha = task_value(cfg, "zipf_alpha")
+    n_test = task_value(cfg, "test_size")
     infinite = cfg.train_size is None
     gen = torch.Generator().manual_seed(cfg.split_seed)
     subsets_k = torch.stack(

@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-from groklab.config import MAX_SEED, RunConfig, config_to_dict
+from groklab.config import RunConfig, config_to_dict
 from groklab.errors import ConfigError
 from groklab.run import Run
 
-__all__ = ["VARYING_FIELDS", "check_stackable", "parse_seeds", "seed_configs", "train_many"]
-
-MAX_STACK = 4096  # seeds of one --seeds stack
+__all__ = ["VARYING_FIELDS", "check_stackable", "seed_configs", "train_many"]
 
 VARYING_FIELDS = (
     "name",
@@ -67,40 +65,6 @@ def check_stackable(configs: Sequence[RunConfig]) -> None:
                     f"{other.get(key)!r}); runs trained together may differ only in "
                     f"{', '.join(VARYING_FIELDS)}"
                 )
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2,3"``, ``"0-7"`` or a mix (``"0-3,10"``) → a list of distinct seeds >= 0.
-
-    Raises:
-        ConfigError: malformed text, a negative or repeated seed.
-    """
-    seeds: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            lo, _, hi = part.partition("-") if "-" in part[1:] else (part, "", part)
-            lo_i, hi_i = int(lo), int(hi)
-        except ValueError:
-            raise ConfigError(
-                f"--seeds {text!r} is not allowed; must be seeds like 0,1,2,3 or 0-7"
-            ) from None
-        if hi_i - lo_i + 1 > MAX_STACK - len(seeds):
-            raise ConfigError(
-                f"--seeds {text!r} is not allowed; at most {MAX_STACK} seeds, each in 0..{MAX_SEED}"
-            )
-        seeds.extend(range(lo_i, hi_i + 1))
-    if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ConfigError(
-            f"--seeds {text!r} is not allowed; must be distinct seeds >= 0 like 0,1,2,3 or 0-7"
-        )
-    if len(seeds) > MAX_STACK or max(seeds) > MAX_SEED:
-        raise ConfigError(
-            f"--seeds {text!r} is not allowed; at most {MAX_STACK} seeds, each in 0..{MAX_SEED}"
-        )
-    return seeds
 
 
 def seed_configs(

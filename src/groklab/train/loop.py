@@ -38,19 +38,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from groklab._version import __version__
 from groklab.config import RunConfig, config_hash
 from groklab.errors import ConfigError, GroklabError
 from groklab.models import build_model
+from groklab.run import first_step_at
 from groklab.store import RunStore, check_new_run_dir, read_manifest
 from groklab.tasks import Task, build_task
 from groklab.train.data import _Batches, _Data
 from groklab.train.device import check_device, resolve_device
 from groklab.train.evaluate import _DTYPES, _Evaluator
 from groklab.train.losses import token_losses
-from groklab.train.manifest import _first_step, _git_rev, _now
+from groklab.train.manifest import _git_rev, _now
 from groklab.train.norm import make_norm_constraint
 from groklab.train.optim import lr_at, make_grad_filter, make_optimizer
 from groklab.train.progress_bar import _Progress
@@ -171,6 +173,38 @@ class _Member:
     done: bool = False
 
 
+@dataclass
+class _Loop:
+    """What the step loop works on. ``members``, ``stack``, ``opt``, ``filt``, ``data``,
+    ``batches`` and ``evaluate`` shrink together when finished models leave the stack."""
+
+    config: RunConfig  # the stack's shared config (members[0]'s)
+    device: torch.device
+    members: list[_Member]
+    stack: _Stack
+    opt: torch.optim.Optimizer
+    filt: Any
+    norm_ctls: list[Any]
+    data: _Data
+    batches: _Batches
+    evaluate: _Evaluator
+    task: Task
+    start: int = 0
+    t0: float = 0.0
+    bar: Any = None
+    log_ckpts: Any = None
+    n_done_seen: int = 0
+    active: torch.Tensor | None = None  # [K] bool mask, once a model has finished
+
+    @property
+    def loss_dtype(self) -> torch.dtype:
+        return _DTYPES[self.config.train.loss_dtype]
+
+    def is_ckpt(self, t: int) -> bool:
+        tc = self.config.train
+        return is_checkpoint_step(t, tc.steps, tc.checkpoint_every, self.log_ckpts)
+
+
 def _train(
     stores: Sequence[RunStore],
     configs: Sequence[RunConfig],
@@ -180,9 +214,45 @@ def _train(
     progress: bool,
     init_states: Sequence[dict[str, torch.Tensor] | None],
 ) -> None:
+    """Set up (or resume) the stack, run the step loop, and mark every run's end."""
+    lp = _set_up(stores, configs, tasks=tasks, resume=resume, init_states=init_states)
+    _start_manifests(lp, resume=resume)
+    tc = lp.config.train
+    lp.log_ckpts = _log_checkpoints(tc.steps, tc.checkpoint_every, tc.log_checkpoints)
+    k_ = len(lp.members)
+    name = lp.config.name if k_ == 1 else f"{lp.config.name} ×{k_}"
+    lp.bar = _Progress(progress, tc.steps, lp.start, name)
+    lp.t0 = time.perf_counter()
+    t = lp.start
+    try:
+        for t in range(lp.start, tc.steps + 1):
+            if _step(lp, t):
+                break
+    except BaseException as e:
+        _record_abort(lp.members, e)
+        lp.bar.close()
+        raise
+    lp.bar.close()
+    for m in lp.members:
+        if not m.done:  # diverged at a checkpoint-free step, or the loop ended otherwise
+            _finish(lp, m, "completed", t)
+
+
+# --------------------------------------------------------------------------- set-up, resume
+
+
+def _set_up(
+    stores: Sequence[RunStore],
+    configs: Sequence[RunConfig],
+    *,
+    tasks: Sequence[Task | None],
+    resume: bool,
+    init_states: Sequence[dict[str, torch.Tensor] | None],
+) -> _Loop:
+    """Build the members, their models as one stack, the optimiser, filters and data; on
+    resume, load the saved training state and the metrics logged before it."""
     config = configs[0]
-    tc = config.train
-    device = resolve_device(tc.device)
+    device = resolve_device(config.train.device)
     members: list[_Member] = []
     models = []
     for store, cfg, task, init_state in zip(stores, configs, tasks, init_states, strict=True):
@@ -207,7 +277,6 @@ def _train(
                 prev_wall=float(manifest.get("wall_seconds") or 0.0),
             )
         )
-    k_ = len(members)
     stack = _Stack(models, device)
     del models
     opt = make_optimizer(stack.params, config.optim)
@@ -216,24 +285,41 @@ def _train(
     norm_ctls = []
     if config.optim.fixed_norm is not None:
         with torch.no_grad():
-            views = [[p[k] for p in stack.params] for k in range(k_)]
+            views = [[p[k] for p in stack.params] for k in range(len(members))]
         norm_ctls = [make_norm_constraint(v, config.optim) for v in views]
     task = members[0].task
     data = _Data.of([m.task for m in members], device)
     batches = _Batches([m.task for m in members], data, configs)
-    evaluate = _Evaluator(stack, data, task, config)
-    loss_dtype = _DTYPES[tc.loss_dtype]
-    n_scored = task.n_scored
-
-    start = 0
+    lp = _Loop(
+        config=config,
+        device=device,
+        members=members,
+        stack=stack,
+        opt=opt,
+        filt=filt,
+        norm_ctls=norm_ctls,
+        data=data,
+        batches=batches,
+        evaluate=_Evaluator(stack, data, task, config),
+        task=task,
+    )
     state_paths = [m.store.path / "state.safetensors" for m in members]
     if resume and any(p.exists() for p in state_paths):
-        start = _load_states(state_paths, stack, opt, filt, [m.chash for m in members])
+        lp.start = _load_states(state_paths, stack, opt, filt, [m.chash for m in members])
         for m in members:
-            m.rows = [r for r in m.store.read_metrics() if r["step"] < start]
-            _check_resume_rows(m.store.path, m.rows, start, m.config.train.eval_every)
-    n_params = sum(p[0].numel() for p in stack.params)
-    for k, m in enumerate(members):
+            m.rows = [r for r in m.store.read_metrics() if r["step"] < lp.start]
+            _check_resume_rows(m.store.path, m.rows, lp.start, m.config.train.eval_every)
+    return lp
+
+
+def _start_manifests(lp: _Loop, *, resume: bool) -> None:
+    """Write each run's manifest as ``running``; on resume, rebuild the early-stop streak
+    from the metrics logged so far."""
+    tc = lp.config.train
+    device = lp.device
+    k_ = len(lp.members)
+    n_params = sum(p[0].numel() for p in lp.stack.params)
+    for k, m in enumerate(lp.members):
         m.manifest.update(
             {
                 "format": "groklab-run-1",
@@ -261,14 +347,14 @@ def _train(
                 "status": "running",
                 "created_at": m.manifest.get("created_at", _now()),
                 "started_at": _now(),
-                "resumed_from_step": start if resume else None,
+                "resumed_from_step": lp.start if resume else None,
             }
         )
         if k_ > 1:
             m.manifest["stack"] = {
                 "size": k_,
                 "index": k,
-                "runs": [str(o.store.path) for o in members],
+                "runs": [str(o.store.path) for o in lp.members],
             }
         m.store.write_manifest(m.manifest)
         if tc.stop_test_acc is not None:
@@ -278,135 +364,175 @@ def _train(
                 elif m.above_since is None:
                     m.above_since = int(r["step"])
 
-    log_ckpts = _log_checkpoints(tc.steps, tc.checkpoint_every, tc.log_checkpoints)
 
-    def is_ckpt(t: int) -> bool:
-        return is_checkpoint_step(t, tc.steps, tc.checkpoint_every, log_ckpts)
+# --------------------------------------------------------------------------- the step loop
 
-    name = config.name if k_ == 1 else f"{config.name} ×{k_}"
-    bar = _Progress(progress, tc.steps, start, name)
-    t0 = time.perf_counter()
 
-    def finish(m: _Member, status: str, t: int) -> None:
-        m.done, m.status, m.final_step = True, status, t
-        wall = time.perf_counter() - t0
-        done = t - start
+def _step(lp: _Loop, t: int) -> bool:
+    """Step ``t`` in the order of the module docstring. Returns True when the loop ends."""
+    tc = lp.config.train
+    lr = lr_at(t, lp.config.optim)
+    for g in lp.opt.param_groups:
+        g["lr"] = lr
+    x, y = lp.batches.get(t)
+    logits = lp.stack.logits(x, lp.task.n_scored)  # [K, batch, n_scored, d_vocab_out]
+    tok = token_losses(logits, y, kind=tc.loss, dtype=lp.loss_dtype)  # [K, batch, n_scored]
+    per_model = tok.flatten(1).mean(1)  # [K]
+    last = t == tc.steps
+    stopping: set[int] = set()
+    if t % tc.eval_every == 0 or last:
+        stopping = _evaluate_and_log(lp, t, lr, logits, tok, y)
+    elif t % 50 == 0:
+        lp.bar.update(t)
+    if lp.is_ckpt(t) or last or stopping:
+        _checkpoint_and_stop(lp, t, per_model, last=last, stopping=stopping)
+    n_done = sum(m.done for m in lp.members)
+    if last or n_done == len(lp.members):
+        return True
+    _update(lp, per_model, n_done)
+    return False
+
+
+def _update(lp: _Loop, per_model: torch.Tensor, n_done: int) -> None:
+    """Backward, gradient filters, optimiser step and norm constraints for the models still
+    training; then the finished ones leave the stack."""
+    if n_done != lp.n_done_seen:
+        lp.n_done_seen = n_done
+        lp.active = torch.tensor([not m.done for m in lp.members], device=lp.device)
+    # A model that finished at this step takes no part in its update ...
+    active = lp.active
+    loss = per_model.sum() if active is None else torch.where(active, per_model, 0).sum()
+    lp.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if lp.filt.active:
+        lp.filt.apply()
+    lp.opt.step()
+    for ctl in lp.norm_ctls:
+        ctl.apply()
+    if active is not None and not lp.norm_ctls:
+        # ... and then leaves the stack, so that it costs nothing after it stopped: the
+        # others go on as a smaller stack (weights, optimiser and filter state sliced).
+        # (optim.fixed_norm constrains views of the whole stack: that one stays whole.)
+        _drop_finished(lp)
+
+
+def _drop_finished(lp: _Loop) -> None:
+    keep = torch.tensor([k for k, m in enumerate(lp.members) if not m.done], device=lp.device)
+    lp.members = [lp.members[k] for k in keep.tolist()]
+    lp.stack, lp.opt, lp.filt = _select_models(keep, lp.stack, lp.opt, lp.filt, lp.config)
+    lp.data = lp.data.select(keep)
+    lp.batches = _Batches([m.task for m in lp.members], lp.data, [m.config for m in lp.members])
+    lp.evaluate = _Evaluator(lp.stack, lp.data, lp.task, lp.config)
+    lp.n_done_seen, lp.active = 0, None
+
+
+# --------------------------------------------------------------------------- evaluation, logging
+
+
+def _evaluate_and_log(
+    lp: _Loop, t: int, lr: float, logits: torch.Tensor, tok: torch.Tensor, y: torch.Tensor
+) -> set[int]:
+    """Score every subset with the step's weights, append one metrics row per model still
+    training, mark diverged models, and keep the early-stop streaks.
+
+    Returns:
+        The stack indices of the models whose early stop is due at this step.
+    """
+    tc = lp.config.train
+    train_tok = None
+    if lp.batches.full:
+        with torch.no_grad():
+            train_tok = (tok.detach(), (logits.detach().argmax(-1) == y).to(lp.loss_dtype))
+    vals = lp.evaluate(train_tok)
+    vals.update(lp.stack.weight_norms())
+    keys = list(vals)
+    host = torch.stack([vals[key].to(torch.float64) for key in keys]).cpu().tolist()
+    shown = []
+    stopping: set[int] = set()
+    for k, m in enumerate(lp.members):
+        if m.done:
+            continue
+        row = {"step": t, "lr": lr, **{key: host[i][k] for i, key in enumerate(keys)}}
+        m.rows.append(row)
+        shown.append(row)
+        tl = row["train/loss"]
+        if not math.isfinite(tl) or tl > tc.diverge_loss:
+            _finish(lp, m, "diverged", t)
+            continue
+        if tc.stop_test_acc is not None:
+            if row["test/acc"] >= tc.stop_test_acc:
+                m.above_since = t if m.above_since is None else m.above_since
+                if t - m.above_since >= tc.stop_patience:
+                    stopping.add(k)
+            else:
+                m.above_since = None
+    lp.bar.update(t, shown)
+    return stopping
+
+
+# --------------------------------------------------------------------------- checkpoints, stops
+
+
+def _checkpoint_and_stop(
+    lp: _Loop, t: int, per_model: torch.Tensor, *, last: bool, stopping: set[int]
+) -> None:
+    """At a checkpoint, the last step or an early stop: catch a divergence between
+    evaluations, save each model's weights, full state and metrics, and mark the runs that
+    end here ``completed``."""
+    tc = lp.config.train
+    if t % tc.eval_every != 0 and not last:
+        for k, lv in enumerate(per_model.detach().cpu().tolist()):
+            m = lp.members[k]
+            if not m.done and (not math.isfinite(lv) or lv > tc.diverge_loss):
+                _finish(lp, m, "diverged", t)
+    for k, m in enumerate(lp.members):
+        if m.done or not (lp.is_ckpt(t) or last or k in stopping):
+            continue
+        meta = {"config_hash": m.chash, "groklab_version": __version__}
+        m.store.write_checkpoint(t, lp.stack.member_weights(k), meta)
+        tensors, smeta = _state_tensors(lp.stack, k, lp.opt, lp.filt)
         m.store.write_metrics(m.rows)
-        m.manifest.update(
-            {
-                "status": status,
-                "finished_at": _now(),
-                "final_step": t,
-                "wall_seconds": round(wall + m.prev_wall, 3),
-                "seconds_per_step": wall / done if done else None,
-                "memorisation_step": _first_step(m.rows, "train/acc"),
-                "grokking_step": _first_step(m.rows, "test/acc"),
-            }
-        )
-        m.store.write_manifest(m.manifest)
+        m.store.write_state(t, tensors, {**meta, **smeta})
+        if last or k in stopping:
+            _finish(lp, m, "completed", t)
 
-    n_done_seen, active = 0, None  # active: [K] bool mask, once a model has finished
-    t = start
-    try:
-        for t in range(start, tc.steps + 1):
-            lr = lr_at(t, config.optim)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            x, y = batches.get(t)
-            logits = stack.logits(x, n_scored)  # [K, batch, n_scored, d_vocab_out]
-            tok = token_losses(logits, y, kind=tc.loss, dtype=loss_dtype)  # [K, batch, n_scored]
-            per_model = tok.flatten(1).mean(1)  # [K]
-            last = t == tc.steps
-            stopping: set[int] = set()
-            if t % tc.eval_every == 0 or last:
-                train_tok = None
-                if batches.full:
-                    with torch.no_grad():
-                        train_tok = (tok.detach(), (logits.detach().argmax(-1) == y).to(loss_dtype))
-                vals = evaluate(train_tok)
-                vals.update(stack.weight_norms())
-                keys = list(vals)
-                host = torch.stack([vals[key].to(torch.float64) for key in keys]).cpu().tolist()
-                shown = []
-                for k, m in enumerate(members):
-                    if m.done:
-                        continue
-                    row = {"step": t, "lr": lr, **{key: host[i][k] for i, key in enumerate(keys)}}
-                    m.rows.append(row)
-                    shown.append(row)
-                    tl = row["train/loss"]
-                    if not math.isfinite(tl) or tl > tc.diverge_loss:
-                        finish(m, "diverged", t)
-                        continue
-                    if tc.stop_test_acc is not None:
-                        if row["test/acc"] >= tc.stop_test_acc:
-                            m.above_since = t if m.above_since is None else m.above_since
-                            if t - m.above_since >= tc.stop_patience:
-                                stopping.add(k)
-                        else:
-                            m.above_since = None
-                bar.update(t, shown)
-            elif t % 50 == 0:
-                bar.update(t)
-            if is_ckpt(t) or last or stopping:
-                if t % tc.eval_every != 0 and not last:
-                    for k, lv in enumerate(per_model.detach().cpu().tolist()):
-                        if not members[k].done and (not math.isfinite(lv) or lv > tc.diverge_loss):
-                            finish(members[k], "diverged", t)
-                for k, m in enumerate(members):
-                    if m.done or not (is_ckpt(t) or last or k in stopping):
-                        continue
-                    meta = {"config_hash": m.chash, "groklab_version": __version__}
-                    m.store.write_checkpoint(t, stack.member_weights(k), meta)
-                    tensors, smeta = _state_tensors(stack, k, opt, filt)
-                    m.store.write_metrics(m.rows)
-                    m.store.write_state(t, tensors, {**meta, **smeta})
-                    if last or k in stopping:
-                        finish(m, "completed", t)
-            n_done = sum(m.done for m in members)
-            if last or n_done == k_:
-                break
-            if n_done != n_done_seen:
-                n_done_seen = n_done
-                active = torch.tensor([not m.done for m in members], device=device)
-            # A model that finished at this step takes no part in its update ...
-            loss = per_model.sum() if active is None else torch.where(active, per_model, 0).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if filt.active:
-                filt.apply()
-            opt.step()
-            for ctl in norm_ctls:
-                ctl.apply()
-            if active is not None and not norm_ctls:
-                # ... and then leaves the stack, so that it costs nothing after it stopped: the
-                # others go on as a smaller stack (weights, optimiser and filter state sliced).
-                # (optim.fixed_norm constrains views of the whole stack: that one stays whole.)
-                keep = torch.tensor([k for k, m in enumerate(members) if not m.done], device=device)
-                members = [members[k] for k in keep.tolist()]
-                stack, opt, filt = _select_models(keep, stack, opt, filt, config)
-                data = data.select(keep)
-                batches = _Batches([m.task for m in members], data, [m.config for m in members])
-                evaluate = _Evaluator(stack, data, task, config)
-                k_, n_done_seen, active = len(members), 0, None
-    except BaseException as e:
-        # Ctrl-C is not a failure of the run: it is recorded as interrupted (resumable).
-        interrupted = isinstance(e, KeyboardInterrupt)
-        status = "interrupted" if interrupted else "failed"
-        error = "KeyboardInterrupt (Ctrl-C)" if interrupted else f"{type(e).__name__}: {e}"
-        for m in members:
-            if m.done:
-                continue
-            m.manifest.update({"status": status, "error": error})
-            # Best effort: on a full disk these writes fail too, and the files already saved
-            # (the last checkpoint, state and metrics) stay as they were.
-            with contextlib.suppress(GroklabError, OSError):
-                m.store.write_metrics(m.rows)
-            with contextlib.suppress(GroklabError, OSError):
-                m.store.write_manifest(m.manifest)
-        bar.close()
-        raise
-    bar.close()
+
+def _finish(lp: _Loop, m: _Member, status: str, t: int) -> None:
+    """Mark run ``m`` ended at step ``t`` with ``status``: its metrics and final manifest."""
+    m.done, m.status, m.final_step = True, status, t
+    wall = time.perf_counter() - lp.t0
+    done = t - lp.start
+    m.store.write_metrics(m.rows)
+    logged = pd.DataFrame(m.rows)
+    m.manifest.update(
+        {
+            "status": status,
+            "finished_at": _now(),
+            "final_step": t,
+            "wall_seconds": round(wall + m.prev_wall, 3),
+            "seconds_per_step": wall / done if done else None,
+            "memorisation_step": first_step_at(logged, "train/acc"),
+            "grokking_step": first_step_at(logged, "test/acc"),
+        }
+    )
+    m.store.write_manifest(m.manifest)
+
+
+def _record_abort(members: Sequence[_Member], e: BaseException) -> None:
+    """The loop was left by an exception: record it in every unfinished run's manifest.
+
+    Ctrl-C is not a failure of the run: it is recorded as interrupted (resumable).
+    """
+    interrupted = isinstance(e, KeyboardInterrupt)
+    status = "interrupted" if interrupted else "failed"
+    error = "KeyboardInterrupt (Ctrl-C)" if interrupted else f"{type(e).__name__}: {e}"
     for m in members:
-        if not m.done:  # diverged at a checkpoint-free step, or the loop ended otherwise
-            finish(m, "completed", t)
+        if m.done:
+            continue
+        m.manifest.update({"status": status, "error": error})
+        # Best effort: on a full disk these writes fail too, and the files already saved
+        # (the last checkpoint, state and metrics) stay as they were.
+        with contextlib.suppress(GroklabError, OSError):
+            m.store.write_metrics(m.rows)
+        with contextlib.suppress(GroklabError, OSError):
+            m.store.write_manifest(m.manifest)

@@ -1,4 +1,4 @@
-"""Small helpers of the run manifest: the git revision, the time, the first step a metric crosses a threshold."""
+"""Small helpers of the run manifest: the git revision, the time."""
 
 from __future__ import annotations
 
@@ -23,11 +23,3 @@ def _git_rev() -> str | None:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _first_step(rows: list[dict[str, float]], key: str, thr: float = 0.99) -> int | None:
-    for r in rows:
-        v = r.get(key)
-        if v is not None and v >= thr:
-            return int(r["step"])
-    return None

@@ -49,7 +49,6 @@ from groklab.analysis.llc.cache import (
     LLC_DIR,
     llc_over_checkpoints,
     read_cache,
-    select_steps,
 )
 from groklab.analysis.llc.calibration import (
     Calibration,
@@ -86,5 +85,4 @@ __all__ = [
     "resolve_nbeta",
     "resolve_subset",
     "run_loss",
-    "select_steps",
 ]

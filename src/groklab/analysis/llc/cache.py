@@ -1,8 +1,8 @@
 """The LLC over a run's checkpoints, cached under the run's ``analysis/llc/`` folder.
 
 :func:`llc_over_checkpoints` estimates the LLC at the selected checkpoints
-(:func:`select_steps`) with fixed settings and keeps the results in parquet and JSON files
-named by the subset, the settings' key (and an imported split's hash): one row per step,
+(:func:`groklab.run.select_steps`) with fixed settings and keeps the results in parquet and
+JSON files named by the subset, the settings' key (and an imported split's hash): one row per step,
 every chain's loss trace, and the settings. Steps already cached are reused unless a step
 lacks the γ check the settings ask for; new steps are merged into the cache under a file
 lock, so several processes may fill one cache. :func:`read_cache` reads it back.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ import torch
 from groklab.analysis.llc.result import LLCResult
 from groklab.analysis.llc.runs import estimate_llc_at, resolve_subset
 from groklab.analysis.llc.settings import LLCSettings
-from groklab.errors import ConfigError
+from groklab.run import select_steps
 
 if TYPE_CHECKING:
     from groklab.run import Run
@@ -32,29 +32,6 @@ LLC_DIR = "analysis/llc"
 """Where a run's LLC results are cached, relative to the run directory."""
 CALIBRATION_FILE = "calibration.json"
 """The latest calibration's recommendation (inside :data:`LLC_DIR`)."""
-
-
-def select_steps(
-    available: Sequence[int], *, every: int | None = None, steps: Iterable[int] | None = None
-) -> list[int]:
-    """Checkpoint steps to analyse: ``steps`` if given, else multiples of ``every`` (plus the
-    first and last checkpoint), else all."""
-    avail = sorted(available)
-    if steps is not None:
-        want = sorted(set(int(s) for s in steps))
-        missing = [s for s in want if s not in set(avail)]
-        if missing:
-            hint = f"{avail[0]}..{avail[-1]} ({len(avail)} saved)" if avail else "none saved"
-            raise ConfigError(f"--steps: no checkpoint at step {missing[0]}; available: {hint}")
-        return want
-    if every is None:
-        return avail
-    if every < 1:
-        raise ConfigError(f"--every={every} is not allowed; use a positive number of steps")
-    out = {s for s in avail if s % every == 0}
-    if avail:
-        out |= {avail[0], avail[-1]}
-    return sorted(out)
 
 
 def _cache_paths(run: Run, key: str) -> tuple[Path, Path, Path]:

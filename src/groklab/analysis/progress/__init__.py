@@ -43,7 +43,7 @@ from groklab.analysis.progress.logits import (
     split_metrics,
 )
 from groklab.analysis.progress.measures import Progress, progress_measures
-from groklab.analysis.progress.selection import resolve_key_freqs, select_steps
+from groklab.analysis.progress.selection import resolve_key_freqs
 from groklab.analysis.progress.snapshot import Snapshot, circuit_snapshot
 
 __all__ = [
@@ -61,6 +61,5 @@ __all__ = [
     "resolve_key_freqs",
     "restricted_logits",
     "restricted_loss",
-    "select_steps",
     "split_metrics",
 ]

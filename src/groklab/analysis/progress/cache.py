@@ -14,9 +14,9 @@ import pandas as pd
 
 from groklab.analysis import fourier as fr
 from groklab.analysis.progress.measures import Progress, progress_measures
-from groklab.analysis.progress.selection import select_steps
 from groklab.analysis.progress.snapshot import Snapshot, circuit_snapshot
 from groklab.errors import ConfigError
+from groklab.run import select_steps
 
 #: Bumped whenever a measure's definition changes, so cached results are recomputed.
 ANALYSIS_VERSION = 2

@@ -14,8 +14,9 @@ import torch.nn.functional as F
 
 from groklab.analysis import fourier as fr
 from groklab.analysis.progress.logits import grid_logits
-from groklab.analysis.progress.selection import resolve_key_freqs, select_steps
+from groklab.analysis.progress.selection import resolve_key_freqs
 from groklab.errors import ConfigError
+from groklab.run import select_steps
 
 
 def _weight_sumsq(weights: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -181,7 +182,8 @@ def progress_measures(
 
     Args:
         run: a :class:`groklab.Run` of a modular task.
-        every: analyse every ``every``-th checkpoint (first and last always).
+        every: analyse the checkpoints at multiples of ``every`` steps, plus the first and the
+            last (:func:`groklab.run.select_steps`).
         steps: exactly these checkpoint steps instead.
         key_freqs: key frequencies (one list for all operations, or per operation); default:
             read off the run's final checkpoint by :func:`~groklab.analysis.fourier.

@@ -1,4 +1,5 @@
-"""Which checkpoints and which key frequencies a progress analysis uses."""
+"""Which key frequencies a progress analysis uses (its checkpoints:
+:func:`groklab.run.select_steps`)."""
 
 from __future__ import annotations
 
@@ -8,28 +9,6 @@ import torch
 
 from groklab.analysis import fourier as fr
 from groklab.errors import ConfigError
-
-
-def select_steps(
-    available: Sequence[int], *, every: int = 1, steps: Sequence[int] | None = None
-) -> list[int]:
-    """The checkpoints to analyse: ``steps`` if given, else every ``every``-th one.
-
-    The first and the final checkpoint are always included.
-    """
-    if every < 1:
-        raise ConfigError(f"--every={every} is not allowed; must be >= 1")
-    avail = list(available)
-    if not avail:
-        return []
-    if steps is not None:
-        missing = sorted(set(steps) - set(avail))
-        if missing:
-            raise ConfigError(
-                f"no checkpoint at step {missing[0]}; available: {avail[0]}..{avail[-1]}"
-            )
-        return sorted(set(steps))
-    return sorted(set(avail[::every]) | {avail[0], avail[-1]})
 
 
 def resolve_key_freqs(
