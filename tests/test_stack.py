@@ -1,0 +1,164 @@
+"""Stacking, an option of the executor: same-shape runs as one job, packed to a memory budget."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_config
+from groklab.errors import ConfigError
+from groklab.run import load_run
+from groklab.sweep import run_many
+from groklab.sweep import stack as sweep_stack
+from groklab.train import ensemble, loop
+from test_ensemble import _assert_same_run
+
+
+def _seeds(k: int, **kw) -> list:
+    """``k`` configs of one shape: seeds 0..k-1 (initialisation and split)."""
+    return [
+        tiny_config(
+            name=f"m{s}",
+            train={"steps": 20, **kw.get("train", {}), "seed": s},
+            data={"split_seed": s},
+            optim=kw.get("optim"),
+        )
+        for s in range(k)
+    ]
+
+
+@pytest.fixture
+def stacks(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each stack ``train_many`` trains in this process (a stack is one call)."""
+    sizes: list[int] = []
+    real = ensemble.train_many
+
+    def counting(configs, outs, **kw):
+        sizes.append(len(configs))
+        return real(configs, outs, **kw)
+
+    monkeypatch.setattr(ensemble, "train_many", counting)
+    return sizes
+
+
+def _manifest(out: Path) -> dict:
+    return json.loads((Path(out) / "manifest.json").read_text())
+
+
+def test_stacked_runs_equal_runs_alone_and_are_one_job(tmp_path: Path, stacks: list[int]) -> None:
+    cfgs = _seeds(3)
+    alone = run_many(cfgs, [tmp_path / f"a{i}" for i in range(3)], progress=False)
+    assert stacks == [] and all("stack" not in r for r in alone)
+    outs = [tmp_path / f"s{i}" for i in range(3)]
+    res = run_many(cfgs, outs, progress=False, stack=True, analyses=["summary"])
+    assert stacks == [3]  # one job: one train_many call for the three runs
+    assert [r["out"] for r in res] == [str(o.resolve()) for o in outs]
+    assert all(r["status"] == "completed" and r["error"] is None for r in res)
+    assert [r["action"] for r in res] == ["started"] * 3 and [r["stack"] for r in res] == [3] * 3
+    assert all("summary" in r["analyses"] for r in res)  # each run's analyses ran
+    assert [_manifest(o)["stack"]["index"] for o in outs] == [0, 1, 2]
+    for i in range(3):
+        _assert_same_run(load_run(tmp_path / f"a{i}"), load_run(outs[i]))
+
+
+def test_the_budget_cuts_a_stack_into_chunks(tmp_path: Path) -> None:
+    cfgs = _seeds(5)
+    per_run = sweep_stack.run_bytes(cfgs[0])
+    # the estimate: 64 B per parameter plus the four split tensors
+    assert per_run > 64 * 1000
+    base = sweep_stack._RUN_BASE_BYTES
+    outs = [tmp_path / f"r{i}" for i in range(5)]
+    for fit, sizes in ((2, [2, 2, 1]), (3, [3, 2]), (4, [3, 2]), (5, [5]), (1, [1] * 5)):
+        budget = base + fit * per_run + per_run // 2  # room for fit runs, not for fit + 1
+        assert sweep_stack.runs_per_stack(per_run, budget) == fit
+        jobs = sweep_stack.plan_jobs(cfgs, outs, budget_bytes=budget)
+        assert len(jobs) == math.ceil(5 / fit)
+        assert [len(j) for j in jobs] == sizes
+        assert sorted(i for j in jobs for i in j) == list(range(5))
+    # a budget below one run still trains: one run per job
+    assert sweep_stack.plan_jobs(cfgs, outs, budget_bytes=1) == [[i] for i in range(5)]
+    # the default budget: one typical GPU on CUDA, 2 GiB on CPU
+    assert sweep_stack.default_stack_budget("cuda:1") == 16 * 2**30
+    assert sweep_stack.default_stack_budget("cpu") == 2 * 2**30
+    assert sweep_stack.plan_jobs(cfgs, outs) == [list(range(5))]  # tiny runs: one stack
+    with pytest.raises(ConfigError, match="stack_budget_bytes=0"):
+        run_many(cfgs, outs, progress=False, stack=True, stack_budget_bytes=0)
+    assert not any(o.exists() for o in outs)  # refused before anything was created
+
+
+def test_run_many_packs_to_the_budget(tmp_path: Path, stacks: list[int]) -> None:
+    cfgs = _seeds(3)
+    budget = sweep_stack._RUN_BASE_BYTES + 2 * sweep_stack.run_bytes(cfgs[0])
+    outs = [tmp_path / f"r{i}" for i in range(3)]
+    res = run_many(cfgs, outs, progress=False, stack=True, stack_budget_bytes=budget)
+    assert stacks == [2]  # a chunk of two; the chunk of one is a plain run
+    assert [r.get("stack") for r in res] == [2, 2, None]
+    assert all(r["status"] == "completed" for r in res)
+
+
+def test_only_same_shape_runs_stack(tmp_path: Path) -> None:
+    a, b = _seeds(2), _seeds(2, optim={"weight_decay": 0.3})
+    cfgs = [a[0], b[0], a[1], b[1], _seeds(3, train={"steps": 10})[2]]
+    outs = [tmp_path / f"r{i}" for i in range(5)]
+    assert sweep_stack.plan_jobs(cfgs, outs) == [[0, 2], [1, 3], [4]]
+    outs[1].mkdir()
+    (outs[1] / "config.toml").write_text("")  # a run was started there: it is not fresh
+    assert sweep_stack.plan_jobs(cfgs, outs) == [[0, 2], [1], [3], [4]]
+
+
+def test_done_runs_are_skipped_and_a_killed_run_resumes_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stacks: list[int]
+) -> None:
+    cfgs = _seeds(4)
+    outs = [tmp_path / f"r{i}" for i in range(4)]
+    run_many(cfgs[:1], outs[:1], progress=False)  # r0 completed
+    real_lr_at = loop.lr_at
+
+    def dies_at_12(step, cfg):
+        if step == 12:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", dies_at_12)
+    with pytest.raises(KeyboardInterrupt):
+        run_many(cfgs[1:2], outs[1:2], progress=False)  # r1 killed at step 12
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    assert _manifest(outs[1])["status"] == "interrupted"
+    res = run_many(cfgs, outs, progress=False, stack=True)
+    assert [r["action"] for r in res] == ["skipped", "resumed", "started", "started"]
+    assert stacks == [2]  # only the two fresh runs were stacked
+    assert [r.get("stack") for r in res] == [None, None, 2, 2]
+    assert all(r["status"] == "completed" for r in res)
+    assert "stack" not in _manifest(outs[1]) and _manifest(outs[1])["final_step"] == 20
+    again = run_many(cfgs, outs, progress=False, stack=True)
+    assert [r["action"] for r in again] == ["skipped"] * 4 and stacks == [2]
+
+
+def test_a_failed_stack_fails_its_runs_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = ensemble.train_many
+
+    def fails_at_wd_03(configs, outs, **kw):
+        if configs[0].optim.weight_decay == 0.3:
+            raise RuntimeError("boom\nsecond line")
+        return real(configs, outs, **kw)
+
+    monkeypatch.setattr(ensemble, "train_many", fails_at_wd_03)
+    cfgs = [*_seeds(2), *_seeds(2, optim={"weight_decay": 0.3})]
+    res = run_many(cfgs, [tmp_path / f"r{i}" for i in range(4)], progress=False, stack=True)
+    assert [r["status"] for r in res] == ["completed", "completed", "failed", "failed"]
+    assert res[2]["error"].startswith("RuntimeError: boom") and "\n" not in res[2]["error"]
+
+
+def test_stacks_in_two_worker_processes(tmp_path: Path) -> None:
+    cfgs = [*_seeds(2), *_seeds(2, optim={"weight_decay": 0.3})]
+    outs = [tmp_path / f"r{i}" for i in range(4)]
+    res = run_many(cfgs, outs, workers=2, threads=1, progress=False, stack=True)
+    assert all(r["status"] == "completed" and r["action"] == "started" for r in res)
+    assert [r["stack"] for r in res] == [2] * 4
+    runs = [_manifest(o)["stack"]["runs"] for o in outs]
+    assert runs[0] == runs[1] != runs[2] == runs[3]  # two stacks of two
