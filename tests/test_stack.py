@@ -162,3 +162,53 @@ def test_stacks_in_two_worker_processes(tmp_path: Path) -> None:
     assert [r["stack"] for r in res] == [2] * 4
     runs = [_manifest(o)["stack"]["runs"] for o in outs]
     assert runs[0] == runs[1] != runs[2] == runs[3]  # two stacks of two
+
+
+@pytest.mark.slow  # starts a Ray instance (a few seconds on an idle machine)
+def test_a_stack_is_one_ray_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ray = pytest.importorskip("ray")
+    submitted: list[tuple[str, dict, int]] = []  # (entry point, resources, runs) per task
+    real_remote = ray.remote
+
+    def spying_remote(*args, **kw):
+        fn = args[0] if len(args) == 1 and not kw else None
+        if not getattr(fn, "__module__", "").startswith("groklab."):
+            return real_remote(*args, **kw)  # Ray's own uses
+        remote = real_remote(fn)
+
+        class Spy:
+            def options(self, **resources):
+                bound = remote.options(**resources)
+
+                class Submit:
+                    def remote(self, configs, *args):
+                        k = len(configs) if isinstance(configs, list) else 1
+                        submitted.append((fn.__name__, resources, k))
+                        return bound.remote(configs, *args)
+
+                return Submit()
+
+        return Spy()
+
+    monkeypatch.setattr(ray, "remote", spying_remote)
+    cpu = _seeds(3)
+    cuda = [tiny_config(name=f"g{s}", train={"seed": s, "device": "cuda"}) for s in (0, 1)]
+    outs = [tmp_path / f"r{i}" for i in range(5)]
+    try:
+        # inside the try: a failed start still shuts down the processes it launched
+        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        res = run_many([*cpu, *cuda], outs, backend="ray", progress=False, stack=True)
+    finally:
+        ray.shutdown()
+    # two tasks: the CPU stack of three and the CUDA stack of two, which asks for
+    # min(1, 2 × 1/16) of the GPU (this tiny model's share per run is the floor, 1/16)
+    assert sorted(submitted, key=lambda s: s[2]) == [
+        ("_run_stack", {"num_cpus": 1, "num_gpus": 2 / 16}, 2),
+        ("_run_stack", {"num_cpus": 1}, 3),
+    ]
+    assert [r["status"] for r in res[:3]] == ["completed"] * 3
+    assert [r["stack"] for r in res[:3]] == [3] * 3 and all(r["gpu_ids"] == [] for r in res[:3])
+    assert len({tuple(_manifest(o)["stack"]["runs"]) for o in outs[:3]}) == 1
+    # the CUDA stack failed on its worker (no CUDA here): its runs only, with the GPU Ray gave
+    assert [r["status"] for r in res[3:]] == ["failed"] * 2
+    assert all("no CUDA device" in r["error"] and r["gpu_ids"] == ["0"] for r in res[3:])
