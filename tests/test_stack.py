@@ -212,3 +212,52 @@ def test_a_stack_is_one_ray_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # the CUDA stack failed on its worker (no CUDA here): its runs only, with the GPU Ray gave
     assert [r["status"] for r in res[3:]] == ["failed"] * 2
     assert all("no CUDA device" in r["error"] and r["gpu_ids"] == ["0"] for r in res[3:])
+
+
+SPEC = """
+name = "tiny-stack"
+seeds = [0, 1]
+{stack}
+
+[base.data]
+p = 11
+train_fraction = 0.5
+
+[base.model]
+d_model = 16
+n_heads = 2
+d_head = 8
+d_mlp = 32
+
+[base.train]
+steps = 10
+eval_every = 5
+checkpoint_every = 10
+device = "cpu"
+"""
+
+
+def test_the_spec_key_and_the_cli_flag(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from groklab import sweep as sw
+    from groklab.cli import app
+
+    assert sw.parse_spec({"name": "s"}).stack is False  # default: each run alone
+    assert sw.parse_spec({"name": "s", "stack": True}).stack is True
+    with pytest.raises(ConfigError, match="stack='yes' is not allowed; must be true or false"):
+        sw.parse_spec({"name": "s", "stack": "yes"})
+
+    def stacked(out: Path) -> list[bool]:
+        return ["stack" in _manifest(d) for d in sorted(out.glob("seed=*"))]
+
+    runner = CliRunner()
+    cases = [("stack = true", [], [True, True]), ("stack = true", ["--no-stack"], [False, False])]
+    cases += [("", ["--stack"], [True, True]), ("", [], [False, False])]
+    for i, (key, flag, expect) in enumerate(cases):
+        spec = tmp_path / f"spec{i}.toml"
+        spec.write_text(SPEC.format(stack=key))
+        out = tmp_path / f"out{i}"
+        r = runner.invoke(app, ["sweep", str(spec), "-o", str(out), "-w", "1", "-q", *flag])
+        assert r.exit_code == 0, r.output
+        assert stacked(out) == expect, (key, flag)

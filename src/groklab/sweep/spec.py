@@ -52,6 +52,7 @@ _SPEC_KEYS = {
     "analyses",
     "analysis_options",
     "bisect",
+    "stack",
 }
 
 
@@ -105,6 +106,7 @@ class SweepSpec:
     study: str | None = None
     description: str = ""
     bisect: BisectSpec | None = None
+    stack: bool = False
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -279,6 +281,10 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
             threshold=float(b.get("threshold", 0.99)),
         )
 
+    stack = d.get("stack", False)
+    if not isinstance(stack, bool):
+        raise ConfigError(f"{where}: stack={stack!r} is not allowed; must be true or false")
+
     study = d.get("study")
     return SweepSpec(
         name=name,
@@ -292,6 +298,7 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
         study=None if study is None else str(study),
         description=str(d.get("description", "")),
         bisect=bis,
+        stack=stack,
         raw=d,
     )
 
