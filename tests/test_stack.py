@@ -261,3 +261,24 @@ def test_the_spec_key_and_the_cli_flag(tmp_path: Path) -> None:
         r = runner.invoke(app, ["sweep", str(spec), "-o", str(out), "-w", "1", "-q", *flag])
         assert r.exit_code == 0, r.output
         assert stacked(out) == expect, (key, flag)
+
+
+def test_a_stack_retried_after_its_process_died_resumes_run_by_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfgs = _seeds(2)
+    outs = [tmp_path / f"r{i}" for i in range(2)]
+    real_lr_at = loop.lr_at
+
+    def dies_at_12(step, cfg):
+        if step == 12:
+            raise KeyboardInterrupt
+        return real_lr_at(step, cfg)
+
+    monkeypatch.setattr(loop, "lr_at", dies_at_12)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_stack._run_stack(cfgs, [str(o) for o in outs], (), {}, None)
+    monkeypatch.setattr(loop, "lr_at", real_lr_at)
+    res = sweep_stack._run_stack(cfgs, [str(o) for o in outs], (), {}, None)  # the retry
+    assert [(r["action"], r["status"]) for r in res] == [("resumed", "completed")] * 2
+    assert [_manifest(o)["final_step"] for o in outs] == [20, 20]

@@ -168,14 +168,19 @@ def _run_stack(
 ) -> list[dict[str, Any]]:
     """Worker entry point of a stack (must stay importable for spawn and Ray): train the runs
     with :func:`~groklab.train.ensemble.train_many`, then each run's analyses. A failure of the
-    stack fails each of its runs (recorded, never raised); an analysis failure fails its run."""
+    stack fails each of its runs (recorded, never raised); an analysis failure fails its run.
+    A stack retried after its process died (a fresh pool, Ray's task retry) finds its runs
+    started: each then resumes alone, from its own state (:func:`_run_one`)."""
     import torch
 
     from groklab.train import ensemble
 
+    paths = [Path(o) for o in outs]
+    if not all(_is_fresh(p) for p in paths):
+        runs = zip(configs, outs, strict=True)
+        return [_run_one(c, o, analyses, options, threads) for c, o in runs]
     if threads:
         torch.set_num_threads(threads)
-    paths = [Path(o) for o in outs]
     t0 = time.perf_counter()
     error = None
     try:
