@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from groklab import dcrit
 from groklab.config import RunConfig, save_config
 from groklab.dcrit import find_dcrit
 from groklab.errors import ConfigError, GroklabError
@@ -24,8 +25,10 @@ class FakeRuns:
         self.boundary = boundary
         self.trained: list[tuple[int, int]] = []
         self.configs: list[RunConfig] = []
+        self.stack: list[bool] = []
 
-    def __call__(self, configs, outs, *, workers: int = 1, **_):
+    def __call__(self, configs, outs, *, workers: int = 1, stack: bool = False, **_):
+        self.stack.append(stack)
         results = []
         for cfg, out in zip(configs, outs, strict=True):
             out = Path(out)
@@ -52,10 +55,16 @@ class FakeRuns:
         return results
 
 
-def test_bisection_finds_the_known_boundary(tmp_path) -> None:
+def _fake(monkeypatch, runs):
+    """Let find_dcrit and ungrok_curve train with ``runs`` instead of the executor."""
+    monkeypatch.setattr(dcrit, "run_many", runs)
+    return runs
+
+
+def test_bisection_finds_the_known_boundary(tmp_path, monkeypatch) -> None:
     # Seeds 0 and 1 generalise from 700 examples, seed 2 only from 1,000: the majority
     # boundary is 700.
-    fake = FakeRuns({0: 700, 1: 700, 2: 1000})
+    fake = _fake(monkeypatch, FakeRuns({0: 700, 1: 700, 2: 1000}))
     res = find_dcrit(
         RunConfig(name="m"),
         tmp_path / "s",
@@ -64,8 +73,8 @@ def test_bisection_finds_the_known_boundary(tmp_path) -> None:
         seeds=(0, 1, 2),
         rel_tol=0.05,
         max_rounds=20,
-        run_many=fake,
     )
+    assert all(fake.stack)  # the seeds of a size go to the executor as a stack
     assert res.lo < 700 <= res.hi and res.hi / res.lo <= 1.05
     assert res.estimate == pytest.approx(math.sqrt(res.lo * res.hi))
     assert abs(math.log(res.estimate / 700)) < 0.05
@@ -88,9 +97,9 @@ def test_bisection_finds_the_known_boundary(tmp_path) -> None:
     assert set(table.columns) >= {"size", "seed", "test_acc", "generalised"}
 
 
-def test_a_repeated_search_trains_nothing_new(tmp_path) -> None:
-    fake = FakeRuns({0: 300})
-    kw = {"lo": 50, "hi": 1000, "seeds": (0,), "rel_tol": 0.1, "run_many": fake}
+def test_a_repeated_search_trains_nothing_new(tmp_path, monkeypatch) -> None:
+    fake = _fake(monkeypatch, FakeRuns({0: 300}))
+    kw = {"lo": 50, "hi": 1000, "seeds": (0,), "rel_tol": 0.1}
     first = find_dcrit(RunConfig(name="m"), tmp_path, **kw)
     n = len(fake.trained)
     again = find_dcrit(RunConfig(name="m"), tmp_path, **kw)
@@ -98,8 +107,8 @@ def test_a_repeated_search_trains_nothing_new(tmp_path) -> None:
     assert (again.lo, again.hi) == (first.lo, first.hi)
 
 
-def test_several_points_per_round(tmp_path) -> None:
-    fake = FakeRuns({0: 777})
+def test_several_points_per_round(tmp_path, monkeypatch) -> None:
+    _fake(monkeypatch, FakeRuns({0: 777}))
     res = find_dcrit(
         RunConfig(name="m"),
         tmp_path,
@@ -108,25 +117,23 @@ def test_several_points_per_round(tmp_path) -> None:
         seeds=(0,),
         rel_tol=0.02,
         points_per_round=3,
-        run_many=fake,
     )
     assert res.lo < 777 <= res.hi and res.hi / res.lo <= 1.02
 
 
-def test_boundary_outside_the_bracket(tmp_path) -> None:
-    below = find_dcrit(
-        RunConfig(name="m"), tmp_path / "a", lo=100, hi=200, seeds=(0,), run_many=FakeRuns({0: 50})
-    )
+def test_boundary_outside_the_bracket(tmp_path, monkeypatch) -> None:
+    _fake(monkeypatch, FakeRuns({0: 50}))
+    below = find_dcrit(RunConfig(name="m"), tmp_path / "a", lo=100, hi=200, seeds=(0,))
     assert below.lo is None and below.hi == 100 and below.estimate is None
-    above = find_dcrit(
-        RunConfig(name="m"), tmp_path / "b", lo=100, hi=200, seeds=(0,), run_many=FakeRuns({0: 900})
-    )
+    _fake(monkeypatch, FakeRuns({0: 900}))
+    above = find_dcrit(RunConfig(name="m"), tmp_path / "b", lo=100, hi=200, seeds=(0,))
     assert above.lo == 200 and above.hi is None and above.estimate is None
 
 
-def test_a_tie_between_seeds_does_not_generalise(tmp_path) -> None:
+def test_a_tie_between_seeds_does_not_generalise(tmp_path, monkeypatch) -> None:
     # Seed 0 generalises from 500, seed 1 from 1,000: between them 1 of 2 seeds generalise,
     # which is no strict majority, so D_crit is where both do.
+    _fake(monkeypatch, FakeRuns({0: 500, 1: 1000}))
     res = find_dcrit(
         RunConfig(name="m"),
         tmp_path,
@@ -135,7 +142,6 @@ def test_a_tie_between_seeds_does_not_generalise(tmp_path) -> None:
         seeds=(0, 1),
         rel_tol=0.02,
         max_rounds=30,
-        run_many=FakeRuns({0: 500, 1: 1000}),
     )
     assert res.lo < 1000 <= res.hi and res.hi / res.lo <= 1.02
     tied = [p for p in res.points if 500 <= p.size < 1000]
@@ -144,7 +150,7 @@ def test_a_tie_between_seeds_does_not_generalise(tmp_path) -> None:
     assert all(q["generalises"] == (q["size"] >= 1000) for q in saved["points"])
 
 
-def test_the_verdict_is_the_final_accuracy(tmp_path) -> None:
+def test_the_verdict_is_the_final_accuracy(tmp_path, monkeypatch) -> None:
     """Runs below 300 examples reach the threshold at one evaluation and lose it again: they
     count as not generalising (criterion "final")."""
 
@@ -165,6 +171,7 @@ def test_the_verdict_is_the_final_accuracy(tmp_path) -> None:
             atomic_write_text(out / "manifest.json", json.dumps({"status": "completed"}))
         return [{"out": str(o), "status": "completed", "error": None} for o in outs]
 
+    _fake(monkeypatch, runs)
     brackets = []
     res = find_dcrit(
         RunConfig(name="m"),
@@ -173,7 +180,6 @@ def test_the_verdict_is_the_final_accuracy(tmp_path) -> None:
         hi=1000,
         seeds=(0,),
         rel_tol=0.05,
-        run_many=runs,
         on_round=lambda r: brackets.append((r.lo, r.hi)),
     )
     assert res.lo < 300 <= res.hi and res.hi / res.lo <= 1.05
@@ -186,15 +192,17 @@ def test_the_verdict_is_the_final_accuracy(tmp_path) -> None:
     assert all(lo1 <= lo2 and hi2 <= hi1 for (lo1, hi1), (lo2, hi2) in pairs)
 
 
-def test_bad_arguments_and_failed_runs(tmp_path) -> None:
+def test_bad_arguments_and_failed_runs(tmp_path, monkeypatch) -> None:
+    _fake(monkeypatch, FakeRuns({0: 1}))
     with pytest.raises(ConfigError, match="lo < hi"):
-        find_dcrit(RunConfig(), tmp_path, lo=500, hi=100, run_many=FakeRuns({0: 1}))
+        find_dcrit(RunConfig(), tmp_path, lo=500, hi=100)
 
     def failing(configs, outs, **_):
         return [{"out": str(o), "status": "failed", "error": "boom"} for o in outs]
 
+    _fake(monkeypatch, failing)
     with pytest.raises(GroklabError, match="boom"):
-        find_dcrit(RunConfig(), tmp_path, lo=10, hi=100, seeds=(0,), run_many=failing)
+        find_dcrit(RunConfig(), tmp_path, lo=10, hi=100, seeds=(0,))
 
 
 def test_search_with_real_runs(tmp_path, make_config) -> None:
@@ -211,24 +219,15 @@ def test_search_with_real_runs(tmp_path, make_config) -> None:
 
 
 def test_seeds_of_one_size_train_as_one_stack(tmp_path, make_config) -> None:
-    from dataclasses import replace
-
-    from groklab.config import apply_overrides
-    from groklab.dcrit import stacked_run_many
-
     base = make_config(train={"steps": 6, "eval_every": 3, "checkpoint_every": 3})
-    cfgs = [
-        replace(apply_overrides(base, [f"data.train_size={n}", f"train.seed={s}"]), name=f"r{n}{s}")
-        for n, s in ((20, 0), (30, 0), (20, 1))
-    ]
-    outs = [tmp_path / c.name for c in cfgs]
-    res = stacked_run_many(cfgs, outs, progress=False)
-    assert [Path(r["out"]).name for r in res] == ["r200", "r300", "r201"]
-    assert all(r["status"] == "completed" and r["error"] is None for r in res)
-    manifests = [json.loads((o / "manifest.json").read_text()) for o in outs]
-    # the two seeds of size 20 were one stack; size 30 alone ran as a plain run
-    assert manifests[0]["stack"]["size"] == 2 and manifests[2]["stack"]["index"] == 1
-    assert "stack" not in manifests[1]
-    assert [m["n_train"] for m in manifests] == [20, 30, 20]
-    again = stacked_run_many(cfgs, outs, progress=False)
-    assert [r["action"] for r in again] == ["skipped"] * 3
+    find_dcrit(base, tmp_path, lo=20, hi=30, seeds=(0, 1), max_rounds=0, progress=False)
+    manifests = {
+        (n, s): json.loads((tmp_path / f"n{n}-s{s}" / "manifest.json").read_text())
+        for n in (20, 30)
+        for s in (0, 1)
+    }
+    # one stack per size: the two seeds of size 20 together, those of size 30 together
+    assert {tuple(m["stack"]["runs"]) for m in manifests.values()} == {
+        tuple(str((tmp_path / f"n{n}-s{s}").resolve()) for s in (0, 1)) for n in (20, 30)
+    }
+    assert [m["n_train"] for m in manifests.values()] == [20, 20, 30, 30]

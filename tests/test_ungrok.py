@@ -173,7 +173,8 @@ def test_ungrok_study_spec_parses() -> None:
     assert spec.base.train.init_from is not None
 
 
-def test_dcrit_over_a_checkpoint_reuses_the_ungrok_runs(parent, tmp_path) -> None:
+def test_dcrit_over_a_checkpoint_reuses_the_ungrok_runs(parent, tmp_path, monkeypatch) -> None:
+    from groklab import dcrit
     from groklab.dcrit import find_dcrit
     from groklab.sweep import run_many
 
@@ -188,6 +189,7 @@ def test_dcrit_over_a_checkpoint_reuses_the_ungrok_runs(parent, tmp_path) -> Non
         actions.extend(r["action"] for r in res)
         return res
 
+    monkeypatch.setattr(dcrit, "run_many", recording)
     res = find_dcrit(
         continue_config(ref, ["train.steps=4"]),
         folder,
@@ -197,7 +199,6 @@ def test_dcrit_over_a_checkpoint_reuses_the_ungrok_runs(parent, tmp_path) -> Non
         size_key="data.train_subset",
         seed_key="data.subset_seed",
         max_rounds=0,
-        run_many=recording,
     )
     assert {p.size for p in res.points} == {8, 30}
     # the two ends were the ungrok runs: same configs, so nothing was trained again

@@ -33,6 +33,7 @@ from groklab.errors import ConfigError, GroklabError
 # The checkpoint helpers live with the run store (the trainer uses them); re-exported here,
 # where ungrokking experiments have always found them.
 from groklab.init_from import continue_config, init_weights, parse_checkpoint_ref
+from groklab.sweep import run_many
 
 __all__ = [
     "DcritPoint",
@@ -42,12 +43,8 @@ __all__ = [
     "init_weights",
     "parse_checkpoint_ref",
     "run_outcome",
-    "stacked_run_many",
     "ungrok_curve",
 ]
-
-RunMany = Callable[..., list[dict[str, Any]]]
-
 
 # --------------------------------------------------------------------------- outcomes
 
@@ -78,104 +75,14 @@ def run_outcome(run_dir: str | Path, *, threshold: float) -> dict[str, Any]:
     }
 
 
-def _shape_key(cfg: RunConfig) -> str:
-    """The config without the fields stacked runs may differ in (one key per stackable group)."""
-    from groklab.config import config_to_dict
-    from groklab.train.ensemble import VARYING_FIELDS
-
-    d = config_to_dict(cfg)
-    for key in VARYING_FIELDS:
-        section, _, leaf = key.rpartition(".")
-        (d.get(section, {}) if section else d).pop(leaf, None)
-    return json.dumps(d, sort_keys=True, default=str)
-
-
-def _is_fresh(out: Path) -> bool:
-    """No run has been started in ``out`` (missing, or empty but for a stale lock)."""
-    return not out.exists() or all(e.name == ".lock" for e in out.iterdir())
-
-
-def stacked_run_many(
-    configs: list[RunConfig],
-    outs: list[Path],
-    *,
-    workers: int = 1,
-    progress: bool = True,
-    title: str = "runs",
-) -> list[dict[str, Any]]:
-    """:func:`groklab.sweep.run_many`, but runs that differ only in their seeds train together.
-
-    Fresh runs whose configs differ only in :data:`groklab.train.ensemble.VARYING_FIELDS`
-    (seeds, subset seed, name) are trained as one stack with
-    :func:`~groklab.train.ensemble.train_many` in this process (one batched computation instead
-    of one run after another; the same models to float tolerance); finished runs are skipped
-    and partly trained ones resumed by ``run_many`` (``workers`` at a time), as are groups of one.
-
-    Returns:
-        One dict per run, in input order, as ``run_many``'s: ``out``, ``status``, ``error``,
-        ``action``.
-    """
-    import time
-
-    from groklab.store import read_manifest
-    from groklab.sweep import run_many
-    from groklab.train.ensemble import train_many
-
-    outs = [Path(o) for o in outs]
-    groups: dict[str, list[int]] = {}
-    for i, cfg in enumerate(configs):
-        groups.setdefault(_shape_key(cfg), []).append(i)
-    results: list[dict[str, Any] | None] = [None] * len(configs)
-    rest: list[int] = []
-    for idx in groups.values():
-        fresh = [i for i in idx if _is_fresh(outs[i])]
-        if len(fresh) < 2:
-            rest.extend(idx)
-            continue
-        rest.extend(i for i in idx if i not in fresh)
-        t0 = time.perf_counter()
-        try:
-            train_many([configs[i] for i in fresh], [outs[i] for i in fresh], progress=progress)
-            error = None
-        except Exception as e:  # recorded like run_many's failures; the caller raises
-            error = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}"
-        seconds = (time.perf_counter() - t0) / len(fresh)
-        for i in fresh:
-            status = "failed" if error else read_manifest(outs[i]).get("status", "failed")
-            results[i] = {
-                "out": str(outs[i].resolve()),
-                "status": status,
-                "error": error,
-                "action": "started",
-                "seconds": seconds,
-            }
-    if rest:
-        done = run_many(
-            [configs[i] for i in rest],
-            [outs[i] for i in rest],
-            workers=workers,
-            progress=progress,
-            title=title,
-        )
-        for i, r in zip(rest, done, strict=True):
-            results[i] = r
-    return [r for r in results if r is not None]
-
-
 def _execute(
-    configs: list[RunConfig],
-    outs: list[Path],
-    *,
-    workers: int,
-    run_many: RunMany | None,
-    progress: bool,
-    title: str,
+    configs: list[RunConfig], outs: list[Path], *, workers: int, progress: bool, title: str
 ) -> None:
+    """Train the runs with the executor, the seeds of one size stacked (one job per stack);
+    raise on the first failure."""
     if not configs:
         return
-    if run_many is None:
-        run_many = stacked_run_many
-    results = run_many(configs, outs, workers=workers, progress=progress, title=title)
+    results = run_many(configs, outs, workers=workers, progress=progress, title=title, stack=True)
     failed = [r for r in results if r.get("error")]
     if failed:
         r = failed[0]
@@ -312,7 +219,6 @@ def find_dcrit(
     size_key: str = "data.train_size",
     seed_key: str = "train.seed",
     stop_early: bool = True,
-    run_many: RunMany | None = None,
     progress: bool = True,
     on_round: Callable[[DcritResult], None] | None = None,
 ) -> DcritResult:
@@ -347,14 +253,12 @@ def find_dcrit(
         rel_tol: stop when the bracket's ratio is within ``1 + rel_tol``.
         max_rounds: rounds after the two ends.
         points_per_round: sizes per round (more = fewer rounds when many workers are free).
-        workers: runs at a time.
+        workers: jobs at a time (:func:`groklab.sweep.run_many`, with ``stack``: the seeds of
+            one size train as one stack, one job).
         size_key: the override that sets the size (``data.train_size``, or
             ``data.train_subset`` for a search over continued checkpoints).
         seed_key: the override that sets the seed.
         stop_early: stop generalising runs early.
-        run_many: ``run_many(configs, outs, workers=..., progress=..., title=...)`` →
-            ``[{"out", "status", "error"}, ...]``; default :func:`stacked_run_many` (the
-            seeds of one size trained as one stack).
         progress: live progress display of each round's runs.
         on_round: called with the result so far (points and bracket) after the two ends and
             after every round.
@@ -405,7 +309,6 @@ def find_dcrit(
             cfgs,
             outs,
             workers=workers,
-            run_many=run_many,
             progress=progress,
             title=f"dcrit {base.name}: sizes {', '.join(map(str, new))}",
         )
@@ -460,7 +363,6 @@ def ungrok_curve(
     seeds: Sequence[int] = (0,),
     overrides: Sequence[str] = (),
     workers: int = 1,
-    run_many: RunMany | None = None,
     progress: bool = True,
 ):
     """Continue checkpoint ``DIR@STEP`` on training subsets of each size; final accuracies.
@@ -468,8 +370,8 @@ def ungrok_curve(
     Each (size, seed) run trains on ``data.train_subset=size`` drawn with
     ``data.subset_seed=seed`` (nested subsets for one seed), from the checkpoint's weights, with
     the parent's config plus ``overrides`` (e.g. ``train.steps=5000``), into
-    ``out/n<size>-s<seed>``. The seeds of one size train as one stack (``run_many``, default
-    :func:`stacked_run_many`).
+    ``out/n<size>-s<seed>``. The runs go to :func:`groklab.sweep.run_many` (``workers`` jobs at
+    a time), the seeds of one size as one stack.
 
     Returns:
         A pandas DataFrame, one row per run: ``size, seed, test_acc, train_acc, test_loss,
@@ -494,9 +396,7 @@ def ungrok_curve(
         check_device(cfgs[0].train.device)
     out = _make_folder(out, "ungrokking folder")
     outs = [_point_dir(out, size, seed) for size, seed in keys]
-    _execute(
-        cfgs, outs, workers=workers, run_many=run_many, progress=progress, title=f"ungrok {ref}"
-    )
+    _execute(cfgs, outs, workers=workers, progress=progress, title=f"ungrok {ref}")
     rows = []
     for (size, seed), o in zip(keys, outs, strict=True):
         r = run_outcome(o, threshold=0.99)

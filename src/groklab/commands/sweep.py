@@ -140,6 +140,15 @@ def register(app: typer.Typer) -> None:
                 "within [1/16, 1])",
             ),
         ] = None,
+        stack: Annotated[
+            bool | None,
+            typer.Option(
+                "--stack/--no-stack",
+                help="train the fresh runs that differ only in their seeds as one stack per "
+                "job (equal to runs alone to float tolerance; default: the spec's stack key, "
+                "else no)",
+            ),
+        ] = None,
     ) -> None:
         """Train every run of SPEC, skipping completed runs and resuming killed ones.
 
@@ -173,6 +182,10 @@ def register(app: typer.Typer) -> None:
                 seeds=parse_seeds(seeds) if seeds is not None else None,
                 options=option or (),
             )
+            if stack is not None:
+                from dataclasses import replace
+
+                sp = replace(sp, stack=stack)
             sweep_dir = out or Path("sweeps") / sp.name
             if dry_run:
                 import fnmatch

@@ -151,7 +151,10 @@ def register(app: typer.Typer) -> None:
         points: Annotated[
             int, typer.Option("--points-per-round", help="sizes tried per round")
         ] = 1,
-        workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
+        workers: Annotated[
+            int,
+            typer.Option("--workers", "-w", help="jobs at a time (the seeds of one size: one job)"),
+        ] = 1,
         from_checkpoint: Annotated[
             str | None,
             typer.Option(
@@ -273,7 +276,10 @@ def register(app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--set", "-s", help="override: section.key=value (e.g. train.steps=5000)"),
         ] = None,
-        workers: Annotated[int, typer.Option("--workers", "-w", help="runs at a time")] = 1,
+        workers: Annotated[
+            int,
+            typer.Option("--workers", "-w", help="jobs at a time (the seeds of one size: one job)"),
+        ] = 1,
         out: Annotated[
             Path | None,
             typer.Option(

@@ -16,30 +16,12 @@ import pandas as pd
 
 from groklab.analysis.omnigrok import PhaseRule, phase_diagram_figure, phase_table
 from groklab.errors import GroklabError
+from groklab.sweep import run_many
 
 if TYPE_CHECKING:  # pragma: no cover
     from groklab.config import RunConfig
 
 __all__ = ["omnigrok_phase_diagram"]
-
-
-def _train_in_turn(configs: list[RunConfig], outs: list[Path], *, progress: bool) -> None:
-    """Train each config unless its directory already holds the finished run (resume else)."""
-    from groklab.config import config_to_dict
-    from groklab.run import load_run
-    from groklab.store import CONFIG, different_run_error
-    from groklab.train.loop import run_training
-
-    for cfg, path in zip(configs, outs, strict=True):
-        if not (path / CONFIG).exists():
-            run_training(cfg, path, progress=progress)
-            continue
-        run = load_run(path)
-        old, new = config_to_dict(run.config), config_to_dict(cfg)
-        if old != new:
-            raise different_run_error(path, old, new)
-        if run.status != "completed":
-            run_training(cfg, path, resume=True, progress=progress)
 
 
 def omnigrok_phase_diagram(
@@ -84,17 +66,10 @@ def omnigrok_phase_diagram(
                 )
             )
             outs.append(out / name)
-    try:
-        from groklab.sweep import run_many
-    except ImportError:  # an install without the sweep module: one run after another
-        run_many = None
-    if run_many is not None:
-        results = run_many(configs, outs, workers=workers, progress=progress, title=base.name)
-        failed = [r for r in results if r["status"] != "completed"]
-        if failed:
-            raise GroklabError(f"{failed[0]['out']}: {failed[0]['status']}: {failed[0]['error']}")
-    else:
-        _train_in_turn(configs, outs, progress=progress)
+    results = run_many(configs, outs, workers=workers, progress=progress, title=base.name)
+    failed = [r for r in results if r["status"] != "completed"]
+    if failed:
+        raise GroklabError(f"{failed[0]['out']}: {failed[0]['status']}: {failed[0]['error']}")
     table = phase_table([load_run(o) for o in outs], rule)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "phase_table.csv", index=False)

@@ -8,6 +8,7 @@ and the analyses to run after each run::
     set = ["train.checkpoint_every=1000"]
     seeds = [0, 1, 2]                    # sets every key in seed_keys (default train.seed)
     analyses = ["spikes"]
+    stack = false                        # true: the seeds of a point train as one stack
 
     [grid]                               # cartesian product of the axes, in this order
     "optim.weight_decay" = [1.0, 0.3, 0.1]
@@ -27,13 +28,15 @@ and the analyses to run after each run::
 Every point becomes one run directory under the sweep directory, named from its overrides
 (``optim.weight_decay=0.3__seed=1``). :func:`run_many` is the executor: a completed run with
 the same config is skipped, a killed run resumes from its latest full state, a failure is
-recorded and the other runs go on. :func:`summarize_sweep` tabulates the grokking and
-memorisation steps per run and, per grid point, over seeds (runs that never grokked are
-counted, not dropped).
+recorded and the other runs go on; with ``stack`` (the spec's ``stack = true``), fresh runs
+that differ only in their seeds train together as one job (:mod:`.stack`).
+:func:`summarize_sweep` tabulates the grokking and memorisation steps per run and, per grid
+point, over seeds (runs that never grokked are counted, not dropped).
 
 The package holds one module per concern, in import order: :mod:`.analyses` (the analyses
 registry), :mod:`.spec` (specs, expansion, run names), :mod:`.worker` (one run in a worker),
-:mod:`.executor` (local processes and Ray), :mod:`.sweepfile` (``sweep.json``),
+:mod:`.stack` (stacks of runs as one job, packed to a memory budget), :mod:`.executor`
+(local processes and Ray), :mod:`.sweepfile` (``sweep.json``),
 :mod:`.summary` (summary tables), :mod:`.bisection` (the one search for a critical value,
 also used by :func:`groklab.dcrit.find_dcrit`) and
 :mod:`.orchestrate` (:func:`run_sweep` and :func:`sweep_status`). This module re-exports the

@@ -336,6 +336,7 @@ def bisect_sweep(
             analysis_options=spec.analysis_options,
             threads=threads,
             gpus_per_run=gpus_per_run,
+            stack=spec.stack,
             title=f"bisect {b.key} ∈ {values}",
         )
         verdict = {}

@@ -1,9 +1,10 @@
 """The executor: running many runs on local worker processes or on a Ray cluster.
 
 :func:`run_many` runs a list of (config, directory) items: a run that needs no work is
-answered without starting a worker, the rest go to a local process pool (each worker pinned
-to the thread policy's count and exiting with its parent) or to Ray tasks; a failure is
-recorded and the other runs go on. A live progress display shows what each worker is doing.
+answered without starting a worker, the rest go as jobs to a local process pool (each worker
+pinned to the thread policy's count and exiting with its parent) or to Ray tasks; a job is one
+run or, with ``stack``, a stack of same-shape runs trained together (:mod:`.stack`); a failure
+is recorded and the other runs go on. A live progress display shows what each worker is doing.
 """
 
 from __future__ import annotations
@@ -28,7 +29,16 @@ from groklab.errors import ConfigError
 from groklab.store import CONFIG, METRICS, read_manifest
 from groklab.sweep.analyses import resolve_analysis
 from groklab.sweep.spec import DONE_STATUSES
-from groklab.sweep.worker import _already_done, _run_one
+from groklab.sweep.stack import (
+    _BYTES_PER_PARAM,
+    _RUN_BASE_BYTES,
+    TYPICAL_GPU_BYTES,
+    _check_budget,
+    _job_entry,
+    _job_results,
+    plan_jobs,
+)
+from groklab.sweep.worker import _already_done
 
 
 def _init_worker(threads: int, parent_pid: int) -> None:
@@ -203,11 +213,16 @@ def _run_local(
     workers: int,
     on_done: Callable[[int, dict], None],
     threads: int | None = None,
+    groups: list[list[int]] | None = None,
 ) -> None:
+    # A job trains one run, or a stack of runs (groups: the run indices of each job).
+    groups = groups if groups is not None else [[i] for i in range(len(jobs))]
     if workers <= 1:
         # In this process: no start-up cost; the caller's torch threads unless told.
-        for i, (cfg, out) in enumerate(jobs):
-            on_done(i, _run_one(cfg, out, analyses, options, threads))
+        for g in groups:
+            fn, args = _job_entry(jobs, g)
+            for i, res in _job_results(g, fn(*args, analyses, options, threads)):
+                on_done(i, res)
         return
     if threads is None:
         from groklab.train.threads import default_threads
@@ -215,7 +230,7 @@ def _run_local(
         # the cores the thread policy would give one run, shared out (one core left free)
         threads = max(1, default_threads() // workers)
     ctx = multiprocessing.get_context("spawn")
-    todo = list(range(len(jobs)))
+    todo = list(range(len(groups)))
     # A worker killed from outside (OOM killer) breaks the whole pool; the jobs it took down
     # go to a fresh pool (each resumes from its last state). Give up after three pools.
     for attempt in range(3):
@@ -226,18 +241,24 @@ def _run_local(
             initializer=_init_worker,
             initargs=(threads, os.getpid()),
         ) as pool:
-            futs = {pool.submit(_run_one, *jobs[i], analyses, options, threads): i for i in todo}
+            futs = {}
+            for j in todo:
+                fn, args = _job_entry(jobs, groups[j])
+                futs[pool.submit(fn, *args, analyses, options, threads)] = j
             for fut in as_completed(futs):
-                i = futs[fut]
+                j = futs[fut]
                 try:
-                    on_done(i, fut.result())
+                    res = fut.result()
                 except BrokenProcessPool:
-                    broken.append(i)
+                    broken.append(j)
+                    continue
+                for i, r in _job_results(groups[j], res):
+                    on_done(i, r)
         if not broken:
             return
         todo = sorted(broken)
         if attempt == 2:
-            for i in todo:
+            for i in (i for j in todo for i in groups[j]):
                 on_done(
                     i,
                     {
@@ -247,15 +268,6 @@ def _run_local(
                         "action": None,
                     },
                 )
-
-
-#: The GPU memory :func:`gpus_per_run_for` measures a run against (a typical 16 GiB card).
-TYPICAL_GPU_BYTES = 16 * 2**30
-#: What every CUDA run holds besides its parameters: the CUDA context, the data, activations.
-_RUN_BASE_BYTES = 2**29
-#: Bytes per parameter: fp32 weights, gradients and two Adam moments (16 B), times 4 headroom
-#: for activations and stacked seeds.
-_BYTES_PER_PARAM = 64
 
 
 def gpus_per_run_for(n_params: int) -> float:
@@ -287,16 +299,16 @@ def resolve_ray_device(device: str, cluster_gpus: float) -> str:
     return "cuda" if cluster_gpus > 0 else "cpu"
 
 
-def _ray_resources(config: RunConfig, gpus_per_run: float | None, threads: int) -> dict:
-    """The Ray resource request of one run: ``num_cpus`` = its torch threads, and for a CUDA
-    device also ``num_gpus`` = ``gpus_per_run`` (None: :func:`gpus_per_run_for` of the model's
+def _ray_resources(config: RunConfig, gpus_per_run: float | None, threads: int, k: int = 1) -> dict:
+    """The Ray resource request of one job of ``k`` runs (a stack when ``k > 1``):
+    ``num_cpus`` = its torch threads, and for a CUDA device also ``num_gpus`` =
+    ``min(1, k × gpus_per_run)`` (``gpus_per_run`` None: :func:`gpus_per_run_for` of the model's
     parameter count). ``auto`` is resolved before (:func:`resolve_ray_device`); left as is, it
     asks for CPUs only."""
     res: dict[str, float] = {"num_cpus": threads}
     if config.train.device.startswith("cuda"):
-        res["num_gpus"] = (
-            gpus_per_run if gpus_per_run is not None else gpus_per_run_for(_n_params(config))
-        )
+        per_run = gpus_per_run if gpus_per_run is not None else gpus_per_run_for(_n_params(config))
+        res["num_gpus"] = min(1.0, k * per_run)
     return res
 
 
@@ -332,37 +344,49 @@ def _run_ray(
     *,
     gpus_per_run: float | None = None,
     threads: int | None = None,
+    groups: list[list[int]] | None = None,
 ) -> None:
     threads = threads or 1
+    # A job trains one run, or a stack of runs as one Ray task (groups: run indices per job).
+    groups = groups if groups is not None else [[i] for i in range(len(jobs))]
     with ray_session(address) as ray:
-        remote = ray.remote(_run_one)
+        remotes: dict[Any, Any] = {}
         resources: dict[tuple, dict] = {}
-        cap = workers if workers and workers > 0 else len(jobs)
-        queue = list(range(len(jobs)))
+        cap = workers if workers and workers > 0 else len(groups)
+        queue = list(range(len(groups)))
         pending: dict[Any, int] = {}
         while queue or pending:
             while queue and len(pending) < cap:
-                i = queue.pop(0)
-                cfg = jobs[i][0]
-                key = (cfg.data, cfg.model, cfg.train.device)
+                j = queue.pop(0)
+                fn, args = _job_entry(jobs, groups[j])
+                if fn not in remotes:
+                    remotes[fn] = ray.remote(fn)
+                cfg, k = jobs[groups[j][0]][0], len(groups[j])
+                key = (cfg.data, cfg.model, cfg.train.device, k)
                 if key not in resources:
-                    resources[key] = _ray_resources(cfg, gpus_per_run, threads)
-                ref = remote.options(**resources[key]).remote(*jobs[i], analyses, options, threads)
-                pending[ref] = i
+                    resources[key] = _ray_resources(cfg, gpus_per_run, threads, k)
+                ref = (
+                    remotes[fn].options(**resources[key]).remote(*args, analyses, options, threads)
+                )
+                pending[ref] = j
             ready, _ = ray.wait(list(pending), num_returns=1)
             for ref in ready:
-                i = pending.pop(ref)
+                j = pending.pop(ref)
                 try:
                     res = ray.get(ref)
                 except Exception as e:  # a worker crash or lost node, after Ray's retries
                     first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    res = {
-                        "out": jobs[i][1],
-                        "status": "failed",
-                        "error": f"ray: {type(e).__name__}: {first}",
-                        "action": None,
-                    }
-                on_done(i, res)
+                    res = [
+                        {
+                            "out": jobs[i][1],
+                            "status": "failed",
+                            "error": f"ray: {type(e).__name__}: {first}",
+                            "action": None,
+                        }
+                        for i in groups[j]
+                    ]
+                for i, r in _job_results(groups[j], res):
+                    on_done(i, r)
 
 
 def run_many(
@@ -379,18 +403,28 @@ def run_many(
     title: str = "sweep",
     threads: int | None = None,
     gpus_per_run: float | None = None,
+    stack: bool = False,
+    stack_budget_bytes: int | None = None,
 ) -> list[dict]:
-    """Train each config into its run directory, ``workers`` at a time.
+    """Train each config into its run directory, ``workers`` jobs at a time.
 
     A run whose manifest says completed (or diverged) with the same config is skipped; a run
     with a saved state is resumed; otherwise it starts. A failure in one run (including a
     directory that holds a different run) is recorded and does not stop the others.
 
+    A job is one run, or with ``stack`` a stack of fresh runs that differ only in their seeds
+    (:data:`groklab.train.ensemble.VARYING_FIELDS`), trained as one batched computation
+    (:func:`groklab.train.ensemble.train_many`) in one worker process, in this process or in
+    one Ray task, cut into chunks that fit ``stack_budget_bytes`` (the packing rule:
+    :func:`groklab.sweep.stack.plan_jobs`). Stacked runs equal the runs trained alone to float
+    tolerance, not bit for bit. Partly trained runs resume alone, and a failure of a stack fails
+    the runs of that stack only.
+
     Args:
         configs: one config per run.
         outs: one run directory per config.
         workers: local backend: worker processes (1 = in this process). Ray backend: the most
-            runs in flight at once (0 = as many as the cluster schedules, one CPU each).
+            jobs in flight at once (0 = as many as the cluster schedules, one CPU each).
         backend: ``local`` or ``ray``.
         address: Ray cluster address (``auto``, ``ray://host:10001``); None = the running
             Ray instance, or a new local one.
@@ -405,13 +439,18 @@ def run_many(
             (None = 1).
         gpus_per_run: Ray backend: the fraction of a GPU a CUDA run asks for, in (0, 1]
             (None: from the model's size, see :func:`gpus_per_run_for`). A run whose device
-            is not CUDA asks for ``threads`` CPUs only.
+            is not CUDA asks for ``threads`` CPUs only. A CUDA stack of ``k`` runs asks for
+            ``min(1, k × gpus_per_run)``.
+        stack: train fresh runs of one shape as stacks (see above).
+        stack_budget_bytes: the memory one stack may use (None: 16 GiB, one typical GPU, for
+            CUDA runs; 2 GiB for CPU runs).
 
     Returns:
         One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
         ``error`` (None or one line), ``action`` (started, resumed, skipped or None),
-        ``seconds``, ``analyses`` (name → result) when any ran, and on Ray ``gpu_ids`` (the
-        GPUs Ray gave the run).
+        ``seconds``, ``analyses`` (name → result) when any ran, on Ray ``gpu_ids`` (the GPUs
+        Ray gave the run), and for a stacked run ``stack`` (the number of runs in its stack;
+        ``seconds`` is its share of the stack's time plus its analyses).
     """
     if len(configs) != len(outs):
         raise ConfigError(f"run_many: {len(configs)} configs but {len(outs)} out dirs")
@@ -429,6 +468,7 @@ def run_many(
     _check_gpus_per_run(gpus_per_run)
     if backend == "ray":
         _import_ray()
+    _check_budget(stack_budget_bytes)
     jobs = [(c, str(o)) for c, o in zip(configs, outs_abs, strict=True)]
     results: list[dict | None] = [None] * len(jobs)
     display = _Display(progress, outs_abs, list(labels or [o.name for o in outs_abs]), title)
@@ -451,8 +491,12 @@ def run_many(
                 on_done(todo[j], res)
 
             sub = [jobs[i] for i in todo]
+            groups = None
+            if stack:
+                cfgs, paths = [c for c, _ in sub], [o for _, o in sub]
+                groups = plan_jobs(cfgs, paths, budget_bytes=stack_budget_bytes)
             if backend == "local":
-                _run_local(sub, analyses, options, workers, on_todo_done, threads)
+                _run_local(sub, analyses, options, workers, on_todo_done, threads, groups)
             else:
                 _run_ray(
                     sub,
@@ -463,6 +507,7 @@ def run_many(
                     on_todo_done,
                     gpus_per_run=gpus_per_run,
                     threads=threads,
+                    groups=groups,
                 )
     finally:
         display.close()

@@ -172,6 +172,7 @@ def _run_sweep(
         analysis_options=spec.analysis_options,
         threads=threads,
         gpus_per_run=gpus_per_run,
+        stack=spec.stack,
         labels=[r.name for r in runs],
         title=spec.name,
     )

@@ -54,6 +54,7 @@ _SPEC_KEYS = {
     "analyses",
     "analysis_options",
     "bisect",
+    "stack",
 }
 
 
@@ -117,6 +118,7 @@ class SweepSpec:
     study: str | None = None
     description: str = ""
     bisect: BisectSpec | None = None
+    stack: bool = False
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -328,6 +330,10 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
             rel_tol=rel_tol,
         )
 
+    stack = d.get("stack", False)
+    if not isinstance(stack, bool):
+        raise ConfigError(f"{where}: stack={stack!r} is not allowed; must be true or false")
+
     study = d.get("study")
     return SweepSpec(
         name=name,
@@ -341,6 +347,7 @@ def _parse_spec(d: dict[str, Any], *, where: str, base_dir: Path | None) -> Swee
         study=None if study is None else str(study),
         description=str(d.get("description", "")),
         bisect=bis,
+        stack=stack,
         raw=d,
     )
 
