@@ -377,10 +377,12 @@ def write_static(
             files.append(out_dir / f"{name}.{fmt}")
             fmts.append(fmt)
             heights.append(int(fig.layout.height or 450))
+    # each file is written beside its target and renamed into place: no half-written figure
+    tmps = [f.with_name(f".{f.name}.tmp") for f in files]
     try:
         pio.write_images(
             figs,
-            files,
+            tmps,
             format=fmts,
             width=STATIC_WIDTH,
             height=heights,
@@ -388,11 +390,15 @@ def write_static(
             validate=False,
         )
     except Exception as e:  # kaleido/choreographer raise several types for a missing browser
+        for t in tmps:
+            t.unlink(missing_ok=True)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise StaticExportError(
             f"static figures not written ({type(e).__name__}: {first}); install Chrome or "
             "Chromium (Debian: apt-get install chromium) or run `plotly_get_chrome`"
         ) from None
+    for t, f in zip(tmps, files, strict=True):
+        t.replace(f)
     return files
 
 
