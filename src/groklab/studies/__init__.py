@@ -35,16 +35,10 @@ __all__ = [
     "PAPER_TEST_LOSS_BELOW_1",
     "STUDY_DATA",
     "study_data",
-    "unevenness",
 ]
 
 # Nanda et al. 2023: first epoch with test loss < 1, by training fraction.
 PAPER_TEST_LOSS_BELOW_1 = {0.95: 123, 0.5: 744, 0.4: 2615, 0.3: 7583, 0.28: 14465, 0.25: 21419}
-
-
-def unevenness(share: float) -> float:
-    """How uneven a two-operation mix is: 0 at 50/50, 1 at 100/0."""
-    return abs(share - 0.5) * 2
 
 
 # ----------------------------------------------------------------------------- studies
