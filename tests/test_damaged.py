@@ -374,7 +374,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("swept")
     (root / "spec.toml").write_text(SPEC)
-    sw.run_sweep(sw.load_spec(root / "spec.toml"), root / "sw", progress=False, figures=False)
+    sw.run_sweep(sw.load_spec(root / "spec.toml"), root / "sw", progress=False)
     assert sorted(p.name for p in (root / "sw").iterdir() if p.is_dir()) == sorted([A, B])
     return root
 

@@ -739,7 +739,7 @@ def test_calibration_sweeps_and_recommends(tiny_run: Path) -> None:
 
 
 def test_cli_llc_and_calibrate(tiny_run: Path) -> None:
-    import_extra("matplotlib", "plot")
+    import_extra("kaleido", "plot")
     from typer.testing import CliRunner
 
     from groklab.cli import app

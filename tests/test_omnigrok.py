@@ -19,9 +19,7 @@ from groklab.analysis.omnigrok import (
     classify,
     delay_summary,
     layer_norms,
-    phase_diagram_figure,
     settle_step,
-    study_figures,
     sweep_phase_table,
 )
 from groklab.config import (
@@ -183,27 +181,6 @@ def test_training_holds_the_norm_fixed(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- diagram
 
 
-def test_phase_diagram_figure_writes_png(tmp_path: Path) -> None:
-    rows = [
-        {"alpha": a, "train_size": n, "phase": ph, "final_test_acc": acc, "t_fit": 1, "t_gen": 9}
-        for a, n, ph, acc in [
-            (1, 50, "memorisation", 0.8),
-            (1, 200, "comprehension", 0.95),
-            (8, 50, "confusion", 0.1),
-            (8, 200, "grokking", 0.91),
-        ]
-    ]
-    fig = phase_diagram_figure(rows, title="t", path=tmp_path / "pd.png")
-    assert (tmp_path / "pd.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["50", "200"]
-    assert len(ax.patches) == 4
-    with pytest.raises(ConfigError, match="phase 'lost'"):
-        phase_diagram_figure([{**rows[0], "phase": "lost"}])
-    with pytest.raises(ConfigError, match="'alpha' missing"):
-        phase_diagram_figure([{"train_size": 1, "phase": "grokking"}])
-
-
 def test_phase_diagram_driver_runs_and_reuses_the_grid(tmp_path: Path) -> None:
     base = _digits_config(train__steps=10, train__checkpoint_every=10)
     table = omnigrok_phase_diagram(base, alphas=[1, 8], train_sizes=[60, 120], out=tmp_path)
@@ -217,7 +194,7 @@ def test_phase_diagram_driver_runs_and_reuses_the_grid(tmp_path: Path) -> None:
     assert (tmp_path / "phase_table.csv").exists()
     mtime = (tmp_path / "alpha8-n60" / "metrics.parquet").stat().st_mtime_ns
     again = omnigrok_phase_diagram(
-        base, alphas=[8], train_sizes=[60], out=tmp_path, figure=False
+        base, alphas=[8], train_sizes=[60], out=tmp_path
     )  # completed run reused, not retrained
     assert (tmp_path / "alpha8-n60" / "metrics.parquet").stat().st_mtime_ns == mtime
     assert (
@@ -225,7 +202,7 @@ def test_phase_diagram_driver_runs_and_reuses_the_grid(tmp_path: Path) -> None:
         == table.set_index("run").loc[str(tmp_path / "alpha8-n60"), "final_test_acc"]
     )
     # a grown grid trains only its new cell
-    more = omnigrok_phase_diagram(base, alphas=[8, 2], train_sizes=[60], out=tmp_path, figure=False)
+    more = omnigrok_phase_diagram(base, alphas=[8, 2], train_sizes=[60], out=tmp_path)
     assert (tmp_path / "alpha8-n60" / "metrics.parquet").stat().st_mtime_ns == mtime
     assert more["alpha"].tolist() == [8.0, 2.0] and (tmp_path / "alpha2-n60").is_dir()
 
@@ -241,9 +218,12 @@ def test_phase_diagram_driver_runs_and_reuses_the_grid(tmp_path: Path) -> None:
     )
     swept = sweep_phase_table(tmp_path)
     assert len(swept) == 4 and (swept["t_gen"] == 0).all()  # the spec's rule was used
-    figs = study_figures(tmp_path)
-    assert set(figs) == {"phase_diagram", "curves"}
-    assert len(figs["curves"].axes[0].get_legend().get_texts()) == 2  # both alphas at n = 60
+    from groklab.studies import _omnigrok_phase
+
+    data = _omnigrok_phase(tmp_path, pd.DataFrame(), pd.DataFrame())
+    assert set(data) == {"phase_diagram", "curves"}
+    assert len(data["phase_diagram"]["results"]) == 4
+    assert list(data["curves"]["runs"]) == ["α=1", "α=8"]  # both alphas at n = 60
 
 
 # ----------------------------------------------------------------------------- science
@@ -280,9 +260,10 @@ def test_large_init_memorises_then_generalises_and_fixed_norm_removes_the_delay(
 
 
 def test_omnigrok_sweep_draws_its_study_figures(tmp_path: Path) -> None:
-    """A tiny omnigrok-phase sweep: `groklab sweep` finds the study's figure function."""
+    """A tiny omnigrok-phase sweep: `groklab sweep` finds the study's figures and writes them
+    as PNG (one kaleido session for both)."""
     from groklab import sweep as sw
-    from groklab.studies import draw_study_figures
+    from groklab.report.static import draw_study_figures
 
     spec = sw.parse_spec(
         {

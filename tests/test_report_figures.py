@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -467,13 +468,252 @@ def test_cli_report_bad_input_is_one_line_exit_2(tmp_path):
 
 
 def test_static_export_failure_keeps_the_html(tmp_path, monkeypatch):
-    import plotly.io as pio
+    import kaleido
 
     def no_browser(*args, **kwargs):
         raise RuntimeError("Could not find Chrome")
 
-    monkeypatch.setattr(pio, "write_images", no_browser)
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", no_browser)
     rd = _fake_run(tmp_path)
     res = build_report(rd, static=True)
     assert res["figures"] == [] and "install Chrome or Chromium" in res["static_error"]
     assert (rd / "report.html").exists()
+
+
+# --------------------------------------------------------------------------- study figures
+def test_per_op_loss_one_panel_per_run_raw_and_mean():
+    m = _metrics(40)
+    m["test/add/loss"], m["test/mul/loss"] = m["test/loss"], m["test/loss"] * 2
+    fig = F.per_op_loss({"a": m, "b": m})
+    assert len(fig.data) == 8  # 2 runs x 2 ops x (raw, mean)
+    assert {t.xaxis for t in fig.data} == {"x", "x2"}
+    shown = [t.name for t in fig.data if t.showlegend]
+    assert shown == ["test add", "test mul"]  # one legend entry per operation
+
+
+def test_steps_vs_variable_marks_censored_points_reference_and_bracket():
+    pts = pd.DataFrame(
+        {
+            "wd": [0.1, 1.0],
+            "g:mean": [500.0, 100.0],
+            "g:std": [50.0, 0.0],
+            "g:n_reached": [1, 2],
+            "g:mean_lb": [800.0, 100.0],
+            "n": [2, 2],
+        }
+    )
+    fig = F.steps_vs_variable(
+        pts, "wd", columns={"g": "grokked"}, reference={0.1: 400}, bracket=(0.2, 0.5), log_x=True
+    )
+    (lb,) = _traces(fig, "grokked: some runs never (lower bound)")
+    assert list(lb.x) == [0.1] and list(lb.y) == [800.0]  # only the censored point
+    assert list(_traces(fig, "grokked")[0].error_y.array) == [50.0, 0.0]
+    assert _traces(fig, "paper") and fig.layout.shapes[0].x0 == 0.2
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+
+
+def test_loss_spikes_marks_each_peak_at_its_loss():
+    m = _metrics(40)
+    fig = F.loss_spikes({"f32": m, "f64": m}, {"f32": [{"peak": 200}]})
+    (peaks,) = _traces(fig, "spike peaks")
+    assert list(peaks.x) == [200.0]
+    assert peaks.y[0] == pytest.approx(m.set_index("step").loc[200, "train/loss"], rel=1e-6)
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["f32: 1 spike(s)", "f64: 0 spike(s)"]
+
+
+def test_phase_diagram_cells_labels_and_bad_input():
+    from groklab.errors import ConfigError
+
+    rows = [
+        {"alpha": a, "train_size": n, "phase": ph, "final_test_acc": acc, "t_fit": 1, "t_gen": 9}
+        for a, n, ph, acc in [
+            (1, 50, "memorisation", 0.8),
+            (1, 200, "comprehension", 0.95),
+            (8, 50, "confusion", 0.1),
+            (8, 200, "grokking", 0.91),
+        ]
+    ]
+    fig = F.phase_diagram(rows, title="t")
+    heat = fig.data[0]
+    assert list(heat.x) == ["50", "200"] and list(heat.y) == ["1", "8"]
+    # z indexes the phases in their canonical order (comprehension, grokking, ...)
+    assert np.array_equal(heat.z, [[2, 0], [3, 1]])
+    assert heat.text[1][1] == "grokking<br>91%<br>1→9"
+    assert [t.name for t in fig.data[1:]] == [
+        "comprehension",
+        "grokking",
+        "memorisation",
+        "confusion",
+    ]
+    with pytest.raises(ConfigError, match="phase 'lost'"):
+        F.phase_diagram([{**rows[0], "phase": "lost"}])
+    with pytest.raises(ConfigError, match="'alpha' missing"):
+        F.phase_diagram([{"train_size": 1, "phase": "grokking"}])
+
+
+def test_omnigrok_curves_one_legend_entry_per_run():
+    m = pd.DataFrame(
+        {"step": [0, 10], "train/acc": [0, 1], "test/acc": [0, 0.5], "wnorm/total": [9, 8]}
+    )
+    fig = F.omnigrok_curves({"α=1": m, "α=8": m})
+    assert [t.name for t in fig.data if t.showlegend] == ["α=1", "α=8"]
+    assert len(fig.data) == 6 and min(fig.data[0].x) == 1  # step 0 drawn at 1 (log axis)
+
+
+def test_llc_calibration_frames_the_recommended_setting():
+    from types import SimpleNamespace as NS
+
+    def res(eps, gamma, diverged=()):
+        return NS(
+            trace=np.linspace(1, 2, 40).reshape(2, 20),
+            settings=NS(epsilon=eps, gamma=gamma, burnin=5),
+            nbeta=3.0,
+            llc=1.5,
+            init_loss=0.3,
+            diverged=list(diverged),
+        )
+
+    cal = NS(
+        results=[res(1e-4, 10), res(1e-4, 100), res(1.0, 10, (1,)), res(1.0, 100, (0, 1))],
+        ok=[True, True, False, False],
+        reasons=[[], [], ["diverged"], ["diverged"]],
+        recommended=1,
+        step=40,
+        subset="total",
+    )
+    fig = F.llc_calibration(cal)
+    frames = [s for s in fig.layout.shapes if s.type == "rect" and s.line.color == "green"]
+    assert [s.xref for s in frames] == ["x2 domain"]  # row 1 (ε=1e-4), column 2 (γ=100)
+    titles = [a.text for a in fig.layout.annotations]
+    assert "diverged" in titles[2] and "#b22222" in titles[2] and "OK" in titles[0]
+    dotted = [t for t in fig.data if t.line.dash == "dot"]
+    assert len(dotted) == 3  # the diverged chains
+
+
+# --------------------------------------------------------------------------- one definition
+def test_static_files_and_the_html_draw_the_same_figure_objects(tmp_path, monkeypatch):
+    """The figures kaleido exports are the very objects the HTML embeds."""
+    import kaleido
+
+    from groklab.report.html import write_report
+
+    exported = []
+
+    def fake_kaleido(specs, **kw):  # records what would be rendered; no browser
+        for spec in specs:
+            exported.append(spec["fig"])
+            spec["path"].write_bytes(b"\x89PNG")
+        return ()
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", fake_kaleido)
+    d = synthetic.synthetic_run_data(n_checkpoints=10, draws=20)
+    secs = collect.run_sections(d)
+    res = write_report(tmp_path / "r.html", "t", secs, formats=("png",))
+    shown = [f for s in secs if s.absent is None for f in s.figures.values()]
+    assert len(exported) == len(shown) == len(res["figures"]) >= 8
+    import plotly.io as pio
+
+    same = [
+        pio.to_json(a) == pio.to_json(b.to_dict()) for a, b in zip(exported, shown, strict=True)
+    ]
+    assert all(same)
+    page = (tmp_path / "r.html").read_text()
+    blobs = re.findall(r'<script type="application/json" id="[^"]+-json">(.*?)</script>', page)
+    embedded = [json.loads(b) for b in blobs]
+    assert [e["layout"]["title"]["text"] for e in embedded] == [f.layout.title.text for f in shown]
+    assert [len(e["data"]) for e in embedded] == [len(f.data) for f in shown]
+    assert not list(tmp_path.glob("figures/.*.tmp"))  # renamed into place
+
+
+def test_a_figure_kaleido_failed_to_render_is_an_error_not_a_missing_file(tmp_path, monkeypatch):
+    """kaleido returns (does not raise) the error of a figure whose render failed or timed
+    out; plotly.io.write_images drops it and the file is silently missing."""
+    import kaleido
+
+    from groklab.report.html import StaticExportError, write_static
+
+    def one_times_out(specs, **kw):
+        for spec in specs[1:]:
+            spec["path"].write_bytes(b"\x89PNG")
+        return (TimeoutError("render timed out"),)
+
+    monkeypatch.setattr(kaleido, "write_fig_from_object_sync", one_times_out)
+    figs = {"a": F.weight_norms(_metrics(10)), "b": F.weight_norms(_metrics(10))}
+    with pytest.raises(StaticExportError, match="TimeoutError: render timed out"):
+        write_static(figs, tmp_path, formats=("png",))
+    assert list(tmp_path.iterdir()) == []  # neither a partial set nor temporary files
+
+
+def test_analyze_figures_are_the_report_figures():
+    """`groklab analyze` writes the run report's circuit and progress figures, not a copy."""
+    from types import SimpleNamespace as NS
+
+    from groklab.report.static import analysis_figures
+
+    d = synthetic.synthetic_run_data(n_checkpoints=10, draws=20)
+    op, c = next(iter(d.circuits.items()))
+    snap = {
+        "op": op,
+        "step": c.step,
+        "component_labels": c.labels,
+        "key_freqs": c.key_freqs,
+        "we_component_norms": c.we_norms.tolist(),
+        "wl_component_norms": None if c.wl_norms is None else c.wl_norms.tolist(),
+        "neuron_freq": None if c.neuron_freq is None else c.neuron_freq.tolist(),
+        "neuron_share": None if c.neuron_share is None else c.neuron_share.tolist(),
+        "neuron_clustered": None if c.neuron_clustered is None else c.neuron_clustered.tolist(),
+        "cluster_threshold": c.cluster_threshold,
+        "pca_coords": None if c.pca is None else c.pca.tolist(),
+        "pca_explained": c.pca_explained,
+        "circles": {k: v.tolist() for k, v in c.circles.items()},
+        "residues": c.residues,
+    }
+    d.circuits = {op: collect.circuit_from_snapshot(snap)}
+    report = {n: f for s in collect.run_sections(d) for n, f in s.figures.items()}
+    figs = analysis_figures({op: NS(to_dict=lambda: snap)}, d.progress, d.phases)
+    pairs = [
+        ("fourier_norms", "fourier-norms"),
+        ("neuron_clusters", "neuron-clusters"),
+        ("embedding_pcs", "embedding"),
+        ("progress", "progress-measures"),
+    ]
+    for ours, theirs in pairs:
+        assert figs[ours].to_plotly_json() == report[theirs].to_plotly_json(), ours
+
+
+def test_every_figure_function_is_used_by_a_writer():
+    """Each figure function of groklab.report.figures is called by the report, a command or
+    the static writers: none is left without a user."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    import plotly.graph_objects as go
+
+    import groklab
+
+    src = Path(groklab.__file__).parent
+    writers = [
+        *(src / "report" / "collect").glob("*.py"),
+        src / "report" / "static.py",
+        *(src / "commands").glob("*.py"),
+    ]
+    used = set()
+    for path in writers:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                used.add(node.attr)
+            elif isinstance(node, ast.Name):
+                used.add(node.id)
+            elif isinstance(node, ast.alias):
+                used.add(node.name)
+    figure_functions = [
+        name
+        for name in F.__all__
+        if inspect.isfunction(getattr(F, name))
+        and inspect.signature(getattr(F, name)).return_annotation in (go.Figure, "go.Figure")
+    ]
+    assert len(figure_functions) >= 20
+    unused = [n for n in figure_functions if n not in used]
+    assert not unused, f"figure functions no writer uses: {unused}"

@@ -22,7 +22,7 @@ from groklab import sweep as sw
 from groklab.cli import app
 from groklab.errors import ConfigError
 from groklab.store import read_manifest, writer_alive
-from groklab.studies import draw_study_figures
+from groklab.studies import study_data
 from groklab.sweep import bisection as sweep_bisection
 
 TINY = """
@@ -469,21 +469,6 @@ def test_killed_sweep_relaunches_without_rerunning_and_matches(tmp_path: Path) -
 # ----------------------------------------------------------------------------- figures
 
 
-def test_llc_figure_colours_uneven_red_and_even_blue() -> None:
-    from groklab.studies import fig_llc_curves, unevenness
-
-    assert unevenness(0.3) == pytest.approx(0.4) and unevenness(0.5) == 0
-    curve = pd.DataFrame({"step": [0, 100, 200], "llc": [1.0, 5.0, 3.0]})
-    fig = fig_llc_curves(
-        {"a30": curve, "a50": curve, "a70": curve}, {"a30": 0.3, "a50": 0.5, "a70": 0.7}
-    )
-    colours = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
-    r30, _, b30, _ = colours["a30"]
-    r50, _, b50, _ = colours["a50"]
-    assert r30 > b30 and b50 > r50  # uneven red, even blue
-    assert colours["a30"] == colours["a70"]  # equally uneven, same colour
-
-
 def test_study_figures_from_a_tiny_multi_op_sweep(tmp_path: Path) -> None:
     spec = sw.parse_spec(
         {
@@ -525,24 +510,36 @@ def test_study_figures_from_a_tiny_multi_op_sweep(tmp_path: Path) -> None:
 
 
 def test_precision_study_runs_the_spike_detector(tmp_path: Path) -> None:
-    spec = sw.parse_spec(
-        {
-            "name": "pr",
-            "study": "precision",
-            "analyses": ["spikes"],
-            "analysis_options": {"spikes": {"window": 3}},
-            "base": {
-                "data": {"p": 7, "train_fraction": 0.6},
-                "model": {"d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32},
-                "train": {"steps": 20, "eval_every": 2, "checkpoint_every": 10, "device": "cpu"},
-            },
-            "grid": {"train.loss_dtype": ["float32", "float64"]},
-        }
-    )
-    res = sw.run_sweep(spec, tmp_path / "pr", progress=False, figures=draw_study_figures)
+    raw = {
+        "name": "pr",
+        "study": "precision",
+        "analyses": ["spikes"],
+        "analysis_options": {"spikes": {"window": 3}},
+        "base": {
+            "data": {"p": 7, "train_fraction": 0.6},
+            "model": {"d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32},
+            "train": {"steps": 20, "eval_every": 2, "checkpoint_every": 10, "device": "cpu"},
+        },
+        "grid": {"train.loss_dtype": ["float32", "float64"]},
+    }
+    spec = sw.parse_spec(raw)
+    res = sw.run_sweep(spec, tmp_path / "pr", progress=False)
     assert res.n_failed == 0
     assert {"spikes:n", "spikes:first_step", "spikes:n_test_loss"} <= set(res.runs.columns)
-    assert [p.name for p in res.figures] == ["loss_spikes.png"]
+    assert not (tmp_path / "pr" / "figures").exists()  # the engine draws nothing
+    data = study_data(tmp_path / "pr")
+    assert list(data) == ["loss_spikes"]
+    assert sorted(data["loss_spikes"]["curves"]) == sorted(res.runs["run"])
+    # `groklab sweep` draws them after the run (here: nothing left to train)
+    import tomli_w
+
+    spec_file = tmp_path / "pr.toml"
+    spec_file.write_text(tomli_w.dumps(raw))
+    r = CliRunner().invoke(app, ["sweep", str(spec_file), "--out", str(tmp_path / "pr"), "-q"])
+    assert r.exit_code == 0, r.output
+    png = tmp_path / "pr" / "figures" / "loss_spikes.png"
+    assert f"figure: {png}" in r.output.replace("\n", "")
+    assert png.read_bytes()[:4] == b"\x89PNG"
     saved = json.loads(
         (tmp_path / "pr" / res.runs["run"][0] / "analysis" / "spikes.json").read_text()
     )

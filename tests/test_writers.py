@@ -369,12 +369,13 @@ def test_ungrok_into_a_run_directory_is_refused(work: Path) -> None:
 
 
 def test_install_hint_reaches_the_user_verbatim(work: Path, monkeypatch) -> None:
-    import groklab.studies
+    import groklab.report.static
+    from groklab.report.html import StaticExportError
 
-    def no_matplotlib(sweep_dir):
-        raise ImportError("study figures need matplotlib: pip install 'groklab[plot]'")
+    def no_kaleido(sweep_dir):
+        raise StaticExportError("static figures need kaleido: pip install 'groklab[plot]'")
 
-    monkeypatch.setattr(groklab.studies, "draw_study_figures", no_matplotlib)
+    monkeypatch.setattr(groklab.report.static, "draw_study_figures", no_kaleido)
     one_line(invoke("sweep", "figures", "anywhere"), 2, "pip install 'groklab[plot]'")
 
 

@@ -1,10 +1,11 @@
-"""Omnigrok: generalisation phases, per-layer weight norms and the α × data phase diagram.
+"""Omnigrok: generalisation phases, per-layer weight norms and the α × data phase table.
 
 Omnigrok (Liu et al. 2023) made grokking happen on images: few training images, all initial
 weights multiplied by a large α, weight decay. The network memorises first and generalises only
 once weight decay has shrunk the weight norm to where generalising solutions live. Everything
 here is a pure function of saved runs (their ``metrics``) or of a results table; the driver
-that trains the α × data grid is :func:`groklab.studies.omnigrok.omnigrok_phase_diagram`.
+that trains the α × data grid is :func:`groklab.studies.omnigrok.omnigrok_phase_diagram`; the
+phase diagram of a :func:`phase_table` is drawn by :func:`groklab.report.figures.phase_diagram`.
 
 **The phase rule** (:class:`PhaseRule`, applied by :func:`classify`). From a run's metrics:
 
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,8 +49,6 @@ from groklab.errors import ConfigError, GroklabError
 from groklab.run import first_step_at
 
 if TYPE_CHECKING:  # pragma: no cover
-    from matplotlib.figure import Figure
-
     from groklab.run import Run
 
 __all__ = [
@@ -60,14 +59,11 @@ __all__ = [
     "PhaseRule",
     "analyze_run",
     "classify",
-    "curves_figure",
     "delay_summary",
     "layer_norms",
     "layer_of",
-    "phase_diagram_figure",
     "phase_table",
     "settle_step",
-    "study_figures",
     "sweep_phase_table",
 ]
 
@@ -356,135 +352,3 @@ def sweep_phase_table(sweep_dir: str | Path, rule: PhaseRule | None = None) -> p
         except GroklabError:
             continue  # a damaged run: a failed row of the sweep's summary, not a phase
     return phase_table(runs, rule)
-
-
-def study_figures(
-    sweep_dir: str | Path, runs: pd.DataFrame | None = None, points: pd.DataFrame | None = None
-) -> dict[str, Figure]:
-    """The ``omnigrok-phase`` study's figures (signature of ``groklab.studies.STUDY_FIGURES``):
-    ``phase_diagram`` and ``curves`` (every α at the middle training size)."""
-    table = sweep_phase_table(sweep_dir)
-    if table.empty:
-        return {}
-    figs = {"phase_diagram": phase_diagram_figure(table, title="phases by α and training size")}
-    sizes = sorted(table["train_size"].unique())
-    mid = sizes[len(sizes) // 2]
-    from groklab.run import load_run
-
-    sel = table[table["train_size"] == mid].sort_values("alpha")
-    curves = {
-        f"α={a:g}": load_run(r).metrics for a, r in zip(sel["alpha"], sel["run"], strict=True)
-    }
-    figs["curves"] = curves_figure(curves, title=f"training size {mid}")
-    return figs
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def _figure(**kwargs: Any) -> Figure:
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise GroklabError(
-            "figures need matplotlib; install it with: pip install 'groklab[plot]'"
-        ) from None
-    return Figure(**kwargs)
-
-
-def phase_diagram_figure(
-    results: pd.DataFrame | Sequence[dict[str, Any]],
-    *,
-    x: str = "train_size",
-    y: str = "alpha",
-    title: str | None = None,
-    path: str | Path | None = None,
-) -> Figure:
-    """The phase diagram: one coloured cell per ``(x, y)``, labelled with its test accuracy.
-
-    Args:
-        results: a :func:`phase_table` (or rows with ``x``, ``y``, ``phase`` and optionally
-            ``final_test_acc``, ``t_fit``, ``t_gen``).
-        x, y: the columns on the axes (values shown in sorted order, evenly spaced).
-        title: figure title.
-        path: also save the figure there (PNG by the suffix).
-
-    Raises:
-        ConfigError: a column is missing or a phase is unknown.
-        GroklabError: matplotlib is not installed.
-    """
-    df = pd.DataFrame(results)
-    for col in (x, y, "phase"):
-        if col not in df:
-            raise ConfigError(f"results: column {col!r} missing")
-    bad = sorted(set(df["phase"]) - set(PHASES))
-    if bad:
-        raise ConfigError(f"results: phase {bad[0]!r} is unknown; allowed: {', '.join(PHASES)}")
-    xs, ys = sorted(df[x].unique()), sorted(df[y].unique())
-    fig = _figure(figsize=(1.2 + 1.1 * len(xs), 1.2 + 0.8 * len(ys)), layout="constrained")
-    ax = fig.add_subplot()
-    from matplotlib.patches import Patch, Rectangle
-
-    for _, row in df.iterrows():
-        i, j = xs.index(row[x]), ys.index(row[y])
-        ax.add_patch(
-            Rectangle(
-                (i - 0.5, j - 0.5),
-                1,
-                1,
-                facecolor=PHASE_COLOURS[row["phase"]],
-                lw=0.5,
-                edgecolor="white",
-            )
-        )
-        label = row["phase"][:4]
-        if "final_test_acc" in row and pd.notna(row["final_test_acc"]):
-            label += f"\n{row['final_test_acc']:.0%}"
-        if "t_fit" in row and "t_gen" in row and row["phase"] == "grokking":
-            label += f"\n{int(row['t_fit'])}→{int(row['t_gen'])}"
-        ax.text(i, j, label, ha="center", va="center", fontsize=7)
-    ax.set_xlim(-0.5, len(xs) - 0.5)
-    ax.set_ylim(-0.5, len(ys) - 0.5)
-    ax.set_xticks(range(len(xs)), [f"{v:g}" for v in xs])
-    ax.set_yticks(range(len(ys)), [f"{v:g}" for v in ys])
-    ax.set_xlabel({"train_size": "training set size", "alpha": "init scale α"}.get(x, x))
-    ax.set_ylabel({"train_size": "training set size", "alpha": "init scale α"}.get(y, y))
-    handles = [Patch(facecolor=PHASE_COLOURS[p], label=p) for p in PHASES]
-    fig.legend(handles=handles, loc="outside right upper", fontsize=8)
-    if title:
-        ax.set_title(title, fontsize=9)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
-def curves_figure(
-    runs: dict[str, pd.DataFrame],
-    *,
-    title: str | None = None,
-    path: str | Path | None = None,
-) -> Figure:
-    """Train/test accuracy and total weight norm against step (log axis), one colour per run.
-
-    Args:
-        runs: label → metrics (``step``, ``train/acc``, ``test/acc``, ``wnorm/total``).
-        title: figure title.
-        path: also save the figure there.
-    """
-    fig = _figure(figsize=(10, 3.6), layout="constrained")
-    ax_acc, ax_norm = fig.subplots(1, 2)
-    for k, (label, m) in enumerate(runs.items()):
-        colour = f"C{k}"
-        steps = m["step"].clip(lower=1)  # log axis: draw step 0 at 1
-        ax_acc.plot(steps, m["train/acc"], color=colour, ls="--", lw=1)
-        ax_acc.plot(steps, m["test/acc"], color=colour, lw=1.5, label=label)
-        if "wnorm/total" in m:
-            ax_norm.plot(steps, m["wnorm/total"], color=colour, lw=1.5, label=label)
-    ax_acc.set(xscale="log", xlabel="step", ylabel="accuracy (dashed: train, solid: test)")
-    ax_norm.set(xscale="log", xlabel="step", ylabel="total weight norm")
-    ax_acc.legend(fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig

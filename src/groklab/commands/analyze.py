@@ -173,11 +173,9 @@ def analyze(
             )
         written: list[Path] = []
         if figures:
-            from groklab.analysis.figures import analysis_figures, save_figures
+            from groklab.report.static import analysis_figures, save_figures
 
-            figs = analysis_figures(
-                result.snapshots, result.progress.table, result.phases, result.progress.key_freqs
-            )
+            figs = analysis_figures(result.snapshots, result.progress.table, result.phases)
             written = save_figures(figs, Path(run_dir) / "figures")
         _print_summary(run, result, written, console)
     except GroklabError as e:

@@ -264,23 +264,24 @@ def run_cmd(
             )
         console.print(line, highlight=False)
         marks = _marks(run, summary, curves)
-        from groklab.analysis.llc_figures import plot_llc_over_training
+        from groklab.report.figures import llc_curve
+        from groklab.report.static import save_figures
 
         label = "-".join(n.replace("/", "-") for n in names)
-        png = run.path / llc.LLC_DIR / f"llc-{label}-{settings.key()}.png"
+        stem = f"llc-{label}-{settings.key()}"
         cols = ["test/loss", "train/loss"] + [
             f"test/{n}/loss" for n in names if f"test/{n}/loss" in metrics
         ]
-        plot_llc_over_training(
-            curves,
-            metrics,
-            png,
+        fig = llc_curve(
+            pd.concat([df.assign(series=k) for k, df in curves.items()], ignore_index=True),
+            test_loss=metrics,
             loss_columns=cols,
             marks=marks,
             title=f"LLC over training: {run.config.name} (ε={settings.epsilon:g}, "
             f"γ={settings.gamma:g}, nβ={settings.nbeta})",
-            logx=logx,
+            log_x=logx,
         )
+        (png,) = save_figures({stem: fig}, run.path / llc.LLC_DIR)
         console.print(f"figure: {png}\ncache: {run.path / llc.LLC_DIR}", highlight=False)
     except GroklabError as e:
         _fail(e)
@@ -433,8 +434,9 @@ def calibrate_cmd(
     from rich.table import Table
 
     from groklab.analysis import llc
-    from groklab.analysis.llc_figures import plot_calibration
     from groklab.commands._common import console
+    from groklab.report.figures import llc_calibration
+    from groklab.report.static import save_figures
     from groklab.run import load_run
 
     try:
@@ -493,8 +495,9 @@ def calibrate_cmd(
                 verdict,
             )
         console.print(t)
-        png = run.path / llc.LLC_DIR / f"calibration-step{step}.png"
-        plot_calibration(cal, png)
+        (png,) = save_figures(
+            {f"calibration-step{step}": llc_calibration(cal)}, run.path / llc.LLC_DIR
+        )
         console.print(f"rule: {cal.rule}", highlight=False)
         if cal.recommendation is None:
             console.print(

@@ -161,7 +161,6 @@ def register(app: typer.Typer) -> None:
 
         from groklab.config import parse_seeds
         from groklab.errors import GroklabError, RunDamagedError
-        from groklab.studies import draw_study_figures
         from groklab.sweep import (
             _cores,
             expand,
@@ -218,7 +217,6 @@ def register(app: typer.Typer) -> None:
                 address=address,
                 progress=not quiet,
                 only=only or (),
-                figures=None if no_figures else draw_study_figures,
                 console=console,
                 threads=threads,
                 gpus_per_run=gpus_per_run,
@@ -249,8 +247,14 @@ def register(app: typer.Typer) -> None:
                 print_error(f"{r['out']}", prefix="diverged: ", style="yellow")
             elif r["status"] != "completed":
                 print_error(f"{r['out']}: {r['error']}", prefix="failed: ")
-        for f in res.figures:
-            console.print(f"figure: {f}", highlight=False)
+        if not no_figures and sp.study:
+            from groklab.report.static import draw_study_figures
+
+            try:  # the runs are done and summarised: a figure failure does not undo that
+                for f in draw_study_figures(sweep_dir):
+                    console.print(f"figure: {f}", highlight=False)
+            except GroklabError as e:
+                err_console.print(f"figures skipped: {e}", highlight=False, markup=False)
         console.print(
             f"summary: {sweep_dir / 'summary.parquet'} (per run), "
             f"{sweep_dir / 'points.parquet'} (per point)",
@@ -313,19 +317,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """(Re)draw the study figures of a sweep into DIR/figures/."""
         from groklab.errors import GroklabError
-        from groklab.studies import draw_study_figures
+        from groklab.report.static import draw_study_figures
 
         console, _ = _console()
         try:
             paths = draw_study_figures(sweep_dir)
         except GroklabError as e:
             _fail(e)
-            return
-        except ImportError as e:
-            _fail(e)
-            return
-        except FileNotFoundError:
-            _fail(f"{sweep_dir}: not a sweep directory (no sweep.json)")
             return
         for p in paths:
             console.print(f"figure: {p}", highlight=False)

@@ -40,6 +40,8 @@ __all__ = [
 
 STATIC_WIDTH = 1000
 STATIC_SCALE = 2
+# kaleido's own default (90 s per figure) is too short on a loaded machine
+STATIC_TIMEOUT_S = 600
 
 
 class ReportError(GroklabError):
@@ -354,45 +356,56 @@ def write_static(
     """Write every figure as ``out_dir/<name>.<format>`` with one renderer session.
 
     Uses kaleido 1.x, which drives a local Chrome or Chromium (found on ``PATH``, e.g.
-    Debian's ``/usr/bin/chromium``; ``BROWSER_PATH`` picks another).
+    Debian's ``/usr/bin/chromium``; ``BROWSER_PATH`` picks another). Kaleido is called
+    directly, not through ``plotly.io.write_images``, which drops the error of a figure that
+    failed to render (a render timeout on a loaded machine, ...) and leaves its file missing.
+    Each file is written beside its target and renamed into place.
 
     Raises:
-        StaticExportError: kaleido or a browser is missing (one line with the fix).
+        StaticExportError: kaleido or a browser is missing, or a figure failed to render
+            (one line with the cause and the fix).
     """
     if not figures:
         return []
     try:
-        import kaleido  # noqa: F401
-        import plotly.io as pio
+        import kaleido
     except ModuleNotFoundError:
         raise StaticExportError(
             "static figures need kaleido: pip install 'groklab[plot]'"
         ) from None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    figs, files, fmts, heights = [], [], [], []
+    specs, files, tmps = [], [], []
     for name, fig in figures.items():
+        as_dict = fig.to_dict()
         for fmt in formats:
-            figs.append(fig)
             files.append(out_dir / f"{name}.{fmt}")
-            fmts.append(fmt)
-            heights.append(int(fig.layout.height or 450))
+            tmps.append(out_dir / f".{name}.{fmt}.tmp")
+            opts = {
+                "format": fmt,
+                "width": STATIC_WIDTH,
+                "height": int(fig.layout.height or 450),
+                "scale": STATIC_SCALE if fmt == "png" else 1,
+            }
+            specs.append({"fig": as_dict, "path": tmps[-1], "opts": opts})
     try:
-        pio.write_images(
-            figs,
-            files,
-            format=fmts,
-            width=STATIC_WIDTH,
-            height=heights,
-            scale=[STATIC_SCALE if f == "png" else 1 for f in fmts],
-            validate=False,
-        )
+        errors = kaleido.write_fig_from_object_sync(specs, kopts={"timeout": STATIC_TIMEOUT_S})
     except Exception as e:  # kaleido/choreographer raise several types for a missing browser
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        errors = (e,)
+    missing = [f.name for t, f in zip(tmps, files, strict=True) if not t.exists()]
+    if errors or missing:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        e = errors[0] if errors else None
+        text = str(e).strip() if e is not None else ""
+        first = text.splitlines()[0] if text else type(e).__name__
+        cause = f"{type(e).__name__}: {first}" if e is not None else f"{missing[0]} not rendered"
         raise StaticExportError(
-            f"static figures not written ({type(e).__name__}: {first}); install Chrome or "
+            f"static figures not written ({cause}); install Chrome or "
             "Chromium (Debian: apt-get install chromium) or run `plotly_get_chrome`"
-        ) from None
+        )
+    for t, f in zip(tmps, files, strict=True):
+        t.replace(f)
     return files
 
 

@@ -1,9 +1,11 @@
-"""The ready-made studies: shipped sweep specs (``*.toml`` here) and their figures.
+"""The ready-made studies: shipped sweep specs (``*.toml`` here) and the data of their figures.
 
-Each study is a sweep spec with ``study = "<name>"``; after the sweep, :func:`draw_study_figures`
-writes that study's figures to ``<sweep>/figures/*.png``. Every figure function is a pure
-function of tables (the sweep summary, per-run metrics, cached analysis outputs) and returns a
-matplotlib Figure; nothing here trains or re-analyses.
+Each study is a sweep spec with ``study = "<name>"``. After the sweep, :func:`study_data` reads
+what that study's figures draw from the sweep directory (the sweep summary, per-run metrics,
+cached analysis outputs): figure name → the keyword arguments of its figure function in
+:mod:`groklab.report.figures` (:data:`groklab.report.static.STUDY_FIGURES` pairs them), and
+``groklab sweep`` draws them into ``<sweep>/figures/<name>.png``. Nothing here trains,
+re-analyses or draws.
 
 =================  =============================================================================
 study              figures
@@ -23,7 +25,6 @@ omnigrok-phase     the phase diagram (init scale × training size) and the test 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,224 +33,12 @@ import pandas as pd
 
 __all__ = [
     "PAPER_TEST_LOSS_BELOW_1",
-    "STUDY_FIGURES",
-    "draw_study_figures",
-    "fig_grok_vs_share",
-    "fig_llc_curves",
-    "fig_op_curves",
-    "fig_precision",
-    "fig_steps_vs",
-    "rolling",
-    "unevenness",
+    "STUDY_DATA",
+    "study_data",
 ]
 
 # Nanda et al. 2023: first epoch with test loss < 1, by training fraction.
 PAPER_TEST_LOSS_BELOW_1 = {0.95: 123, 0.5: 744, 0.4: 2615, 0.3: 7583, 0.28: 14465, 0.25: 21419}
-
-
-def _plt() -> Any:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError(
-            "study figures need matplotlib; install it with: pip install 'groklab[plot]'"
-        ) from None
-    return plt
-
-
-def rolling(values: pd.Series, window: int) -> pd.Series:
-    """Centred rolling mean (the multi-op post shows its spiky curves this way)."""
-    return values.rolling(window, center=True, min_periods=1).mean()
-
-
-def unevenness(share: float) -> float:
-    """How uneven a two-operation mix is: 0 at 50/50, 1 at 100/0."""
-    return abs(share - 0.5) * 2
-
-
-# ----------------------------------------------------------------------------- figures
-
-
-def fig_op_curves(
-    curves: dict[str, pd.DataFrame], *, ops: tuple[str, ...] = ("add", "mul"), window: int = 0
-) -> Any:
-    """Per-operation test loss of each run: raw (faint) and rolling average (bold).
-
-    Args:
-        curves: panel title → metrics (``step``, ``test/<op>/loss``).
-        ops: operations to draw.
-        window: rolling-average points (0 = 1/25 of the curve, at least 3).
-    """
-    plt = _plt()
-    n = len(curves)
-    cols = min(n, 3) or 1
-    rows = max(1, math.ceil(n / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    colours = {"add": "tab:blue", "mul": "tab:orange", "sub": "tab:green", "div": "tab:red"}
-    for ax, (title, m) in zip(axes.flat, curves.items(), strict=False):
-        w = window or max(3, len(m) // 25)
-        for op in ops:
-            col = f"test/{op}/loss"
-            if col not in m:
-                continue
-            c = colours.get(op)
-            ax.plot(m["step"], m[col], color=c, alpha=0.25, lw=0.7)
-            ax.plot(m["step"], rolling(m[col], w), color=c, lw=1.8, label=f"test {op}")
-        ax.set_yscale("log")
-        ax.set_title(title, fontsize=10)
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    axes.flat[0].set_ylabel("test loss (faint: raw, bold: rolling mean)")
-    axes.flat[0].legend(fontsize=8)
-    fig.suptitle("Per-operation test loss")
-    fig.tight_layout()
-    return fig
-
-
-def fig_llc_curves(llc: dict[str, pd.DataFrame], shares: dict[str, float]) -> Any:
-    """LLC over checkpoints of every run, coloured from uneven (red) to even (blue) share.
-
-    Args:
-        llc: label → LLC table (``step``, ``llc``, optional ``llc_std``).
-        shares: label → addition share.
-    """
-    plt = _plt()
-    from matplotlib import cm, colors
-
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    u_max = max((unevenness(s) for s in shares.values()), default=1.0) or 1.0
-    cmap = plt.get_cmap("coolwarm")
-    for label, df in sorted(llc.items(), key=lambda kv: -unevenness(shares[kv[0]])):
-        # estimates whose chains all diverged are NaN: leave them out, mark the ones kept
-        d = df.dropna(subset=["llc"]).sort_values("step")
-        c = cmap(unevenness(shares[label]) / u_max)
-        ax.plot(d["step"], d["llc"], "o-", ms=3, color=c, lw=1.6, label=f"{label}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("estimated LLC")
-    ax.set_title("LLC over training (red: uneven add/mul mix, blue: even)")
-    ax.grid(alpha=0.3)
-    sm = cm.ScalarMappable(cmap=cmap, norm=colors.Normalize(0, u_max))
-    fig.colorbar(sm, ax=ax, label="unevenness |share_add - 0.5| x 2")
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    return fig
-
-
-def _censored_plot(ax: Any, x: Any, pts: pd.DataFrame, col: str, label: str, colour: str) -> None:
-    mean, std = pts[f"{col}:mean"], pts[f"{col}:std"].fillna(0)
-    k, n = pts[f"{col}:n_reached"], pts["n"]
-    ax.errorbar(x, mean, yerr=std, fmt="o-", color=colour, capsize=3, label=label)
-    never = (k < n) & (n > 0)
-    if never.any():
-        ax.scatter(
-            x[never],
-            pts.loc[never, f"{col}:mean_lb"],
-            marker="^",
-            facecolors="none",
-            edgecolors=colour,
-            s=60,
-            label=f"{label}: some runs never (lower bound)",
-        )
-
-
-def fig_grok_vs_share(points: pd.DataFrame, *, ops: tuple[str, ...] = ("add", "mul")) -> Any:
-    """Grokking step (test accuracy ≥ 99%) per operation versus the addition share."""
-    plt = _plt()
-    pts = points.sort_values("share:add").reset_index(drop=True)
-    x = pts["share:add"]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for op, c in zip(ops, ("tab:blue", "tab:orange", "tab:green"), strict=False):
-        col = f"grokking_step:test/{op}"
-        if f"{col}:mean" in pts:
-            _censored_plot(ax, x, pts, col, f"test {op} ≥ 99%", c)
-    ax.set_xlabel("addition share of the training problems")
-    ax.set_ylabel("step (mean ± sd over seeds)")
-    ax.set_title("Grokking step per operation")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_steps_vs(
-    points: pd.DataFrame,
-    x: str,
-    *,
-    columns: dict[str, str],
-    reference: dict[float, float] | None = None,
-    reference_label: str = "paper",
-    logx: bool = False,
-    bracket: tuple[float, float] | None = None,
-    title: str = "",
-) -> Any:
-    """Steps to reach each milestone versus a swept value.
-
-    Args:
-        points: the per-point summary.
-        x: the swept column.
-        columns: step column → legend label.
-        reference: published numbers (x → step) drawn as crosses.
-        reference_label: legend label of the reference.
-        logx: log x axis.
-        bracket: a (lo, hi) interval to shade (the bisection result).
-        title: figure title.
-    """
-    plt = _plt()
-    pts = points.dropna(subset=[x]).copy()
-    pts[x] = pd.to_numeric(pts[x])
-    pts = pts.sort_values(x).reset_index(drop=True)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (col, label), c in zip(
-        columns.items(), ("tab:blue", "tab:green", "tab:purple"), strict=False
-    ):
-        if f"{col}:mean" in pts:
-            _censored_plot(ax, pts[x], pts, col, label, c)
-    if reference:
-        rx, ry = zip(*sorted(reference.items()), strict=True)
-        ax.plot(rx, ry, "x--", color="black", alpha=0.6, label=reference_label)
-    if bracket is not None:
-        ax.axvspan(*bracket, color="tab:red", alpha=0.15, label="critical value (bisection)")
-    ax.set_yscale("log")
-    if logx:
-        ax.set_xscale("log")
-    ax.set_xlabel(x)
-    ax.set_ylabel("step")
-    ax.set_title(title)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def fig_precision(
-    curves: dict[str, pd.DataFrame],
-    spikes: dict[str, list[dict[str, Any]]],
-    *,
-    column: str = "train/loss",
-) -> Any:
-    """Loss curve of each run with its detected spikes marked (one panel per run)."""
-    plt = _plt()
-    n = len(curves)
-    fig, axes = plt.subplots(n, 1, figsize=(8, 2.4 * n), squeeze=False, sharex=True)
-    for ax, (label, m) in zip(axes[:, 0], curves.items(), strict=True):
-        ax.plot(m["step"], m[column], lw=0.7, color="tab:blue")
-        sp = spikes.get(label, [])
-        if sp:
-            s = pd.DataFrame(sp)
-            peak = m.set_index("step")[column].reindex(s["peak"])
-            ax.scatter(s["peak"], peak, marker="v", color="tab:red", zorder=3)
-        ax.set_yscale("log")
-        ax.set_title(f"{label}: {len(sp)} spike(s)", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("step")
-    fig.suptitle(f"{column} with detected spikes (red)")
-    fig.tight_layout()
-    return fig
 
 
 # ----------------------------------------------------------------------------- studies
@@ -306,17 +95,22 @@ def _multi_op(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> dict
         if m is not None:
             curves[f"add share {r['share:add']:.2f}"] = m
     if curves:
-        figs["per_op_test_loss"] = fig_op_curves(curves)
-    llc, shares = {}, {}
+        figs["per_op_test_loss"] = {"curves": curves, "ops": ("add", "mul")}
+    llc = {}
     for _, r in first.iterrows():
         t = _llc_table(sweep_dir / r["run"])
         if t is not None and len(t):
-            label = f"add {r['share:add']:.2f}"
-            llc[label], shares[label] = t, float(r["share:add"])
+            # estimates whose chains all diverged are NaN: left out
+            llc[float(r["share:add"])] = t.dropna(subset=["llc"])
     if llc:
-        figs["llc_curves"] = fig_llc_curves(llc, shares)
+        figs["llc_curves"] = {"curves": llc, "column": "llc", "label": "addition share"}
     if "share:add" in points and len(points):
-        figs["grok_step_vs_share"] = fig_grok_vs_share(points)
+        figs["grok_step_vs_share"] = {
+            "points": points,
+            "x": "share:add",
+            "columns": {f"grokking_step:test/{op}": f"test {op} ≥ 99%" for op in ("add", "mul")},
+            "title": "Grokking step per operation versus the addition share",
+        }
     return figs
 
 
@@ -330,18 +124,18 @@ def _data_fraction(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) ->
     if "data.train_fraction" not in points:
         return {}
     return {
-        "steps_vs_fraction": fig_steps_vs(
-            points,
-            "data.train_fraction",
-            columns={
+        "steps_vs_fraction": {
+            "points": points,
+            "x": "data.train_fraction",
+            "columns": {
                 "test_loss_below_1_step": "test loss < 1",
                 "grokking_step": "test acc ≥ 99%",
             },
-            reference=PAPER_TEST_LOSS_BELOW_1,
-            reference_label="paper: test loss < 1",
-            bracket=bracket,
-            title="Steps to generalise versus training fraction",
-        )
+            "reference": PAPER_TEST_LOSS_BELOW_1,
+            "reference_label": "paper: test loss < 1",
+            "bracket": bracket,
+            "title": "Steps to generalise versus training fraction",
+        }
     }
 
 
@@ -349,16 +143,16 @@ def _weight_decay(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> 
     if "optim.weight_decay" not in points:
         return {}
     return {
-        "steps_vs_weight_decay": fig_steps_vs(
-            points,
-            "optim.weight_decay",
-            columns={
+        "steps_vs_weight_decay": {
+            "points": points,
+            "x": "optim.weight_decay",
+            "columns": {
                 "grokking_step": "test acc ≥ 99%",
                 "memorisation_step": "train acc ≥ 99%",
             },
-            logx=True,
-            title="Steps to grok versus weight decay",
-        )
+            "log_x": True,
+            "title": "Steps to grok versus weight decay",
+        }
     }
 
 
@@ -373,17 +167,33 @@ def _precision(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> dic
         p = sweep_dir / r["run"] / "analysis" / "spikes.json"
         if p.exists():
             spikes[r["run"]] = json.loads(p.read_text())["spikes"].get("train/loss", [])
-    return {"loss_spikes": fig_precision(curves, spikes)} if curves else {}
+    if not curves:
+        return {}
+    return {"loss_spikes": {"curves": curves, "spikes": spikes, "column": "train/loss"}}
 
 
 def _omnigrok_phase(sweep_dir: Path, runs: pd.DataFrame, points: pd.DataFrame) -> dict[str, Any]:
-    # imported here: the omnigrok module pulls in its own plotting helpers
-    from groklab.analysis.omnigrok import study_figures
+    """The phase diagram of the sweep's runs, and the curves of every α at the middle
+    training size."""
+    from groklab.analysis.omnigrok import sweep_phase_table
+    from groklab.run import load_run
 
-    return study_figures(sweep_dir, runs, points)
+    table = sweep_phase_table(sweep_dir)
+    if table.empty:
+        return {}
+    sizes = sorted(table["train_size"].unique())
+    mid = sizes[len(sizes) // 2]
+    sel = table[table["train_size"] == mid].sort_values("alpha")
+    curves = {
+        f"α={a:g}": load_run(r).metrics for a, r in zip(sel["alpha"], sel["run"], strict=True)
+    }
+    return {
+        "phase_diagram": {"results": table, "title": "phases by α and training size"},
+        "curves": {"runs": curves, "title": f"training size {mid}"},
+    }
 
 
-STUDY_FIGURES: dict[str, Callable[[Path, pd.DataFrame, pd.DataFrame], dict[str, Any]]] = {
+STUDY_DATA: dict[str, Callable[[Path, pd.DataFrame, pd.DataFrame], dict[str, Any]]] = {
     "multi-op-ratio": _multi_op,
     "data-fraction": _data_fraction,
     "weight-decay": _weight_decay,
@@ -392,36 +202,28 @@ STUDY_FIGURES: dict[str, Callable[[Path, pd.DataFrame, pd.DataFrame], dict[str, 
 }
 
 
-def draw_study_figures(sweep_dir: str | Path) -> list[Path]:
-    """Draw the figures of the sweep's study into ``<sweep>/figures/*.png``.
+def study_data(sweep_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """What the figures of the sweep's study draw: figure name → the keyword arguments of its
+    figure function (empty for a sweep that is no study, or has no finished run).
 
     Raises:
-        ImportError: matplotlib is not installed (with the install hint).
+        ConfigError: ``sweep_dir`` is not a sweep directory (no readable ``sweep.json``).
     """
-    from groklab.store import atomic_write_bytes
+    from groklab.errors import ConfigError
     from groklab.sweep import summarize_sweep
 
     sweep_dir = Path(sweep_dir)
-    info = json.loads((sweep_dir / "sweep.json").read_text())
+    try:
+        info = json.loads((sweep_dir / "sweep.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{sweep_dir}: not a sweep directory (no readable sweep.json)") from None
     study = info.get("study")
-    if study not in STUDY_FIGURES:
-        return []
-    plt = _plt()
+    if study not in STUDY_DATA:
+        return {}
     runs, points = summarize_sweep(sweep_dir, write=False)
     if runs.empty:
-        return []
+        return {}
     if "final_step" in runs and len(points):
         last = runs.groupby("group", sort=False)["final_step"].max()
         points = points.assign(final_step=points["group"].map(last))
-    figs = STUDY_FIGURES[study](sweep_dir, runs, points)
-    out = []
-    import io
-
-    for name, fig in figs.items():
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
-        path = sweep_dir / "figures" / f"{name}.png"
-        atomic_write_bytes(path, buf.getvalue())
-        out.append(path)
-    return out
+    return STUDY_DATA[study](sweep_dir, runs, points)

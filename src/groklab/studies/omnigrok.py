@@ -2,7 +2,8 @@
 
 The same grid as the ``omnigrok-phase`` study (``groklab sweep omnigrok-phase``). It trains,
 so it lives with the studies, above the sweep engine that runs the cells; the classification
-and the figures are the analysis in :mod:`groklab.analysis.omnigrok`.
+is the analysis in :mod:`groklab.analysis.omnigrok`, and the phase diagram of the table it
+returns is :func:`groklab.report.figures.phase_diagram`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from groklab.analysis.omnigrok import PhaseRule, phase_diagram_figure, phase_table
+from groklab.analysis.omnigrok import PhaseRule, phase_table
 from groklab.errors import GroklabError
 from groklab.sweep import run_many
 
@@ -32,7 +33,6 @@ def omnigrok_phase_diagram(
     out: str | Path,
     rule: PhaseRule | None = None,
     workers: int = 1,
-    figure: bool = True,
     progress: bool = False,
 ) -> pd.DataFrame:
     """Train (or reuse) every α × training-size cell of ``base`` and classify each run.
@@ -41,8 +41,8 @@ def omnigrok_phase_diagram(
     from Python: cell ``(α, n)`` is ``base`` with ``model.init_scale = α`` and
     ``data.train_size = n``, trained into ``out/alpha<α>-n<n>`` by
     :func:`groklab.sweep.run_many` (a completed run is reused, an unfinished one resumed).
-    Writes ``out/phase_table.csv`` and, when matplotlib is installed and ``figure`` is set,
-    ``out/phase_diagram.png``.
+    Writes ``out/phase_table.csv``; draw the diagram with
+    :func:`groklab.report.figures.phase_diagram` (``groklab sweep omnigrok-phase`` writes it).
 
     Returns:
         The :func:`phase_table` of all cells.
@@ -73,11 +73,4 @@ def omnigrok_phase_diagram(
     table = phase_table([load_run(o) for o in outs], rule)
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "phase_table.csv", index=False)
-    if figure:
-        try:
-            fig = phase_diagram_figure(table, title=f"{base.name}: phases by α and training size")
-        except GroklabError:
-            pass  # matplotlib not installed: the table is the result
-        else:
-            fig.savefig(out / "phase_diagram.png", dpi=120)
     return table

@@ -1,8 +1,9 @@
 """Running a whole sweep, and reporting where one stands.
 
 :func:`run_sweep` checks the sweep directory, writes the sweep file, runs every point with the
-executor, then the bisection (if any), the summary tables and the study figures, and returns a
-:class:`SweepResult`. :func:`sweep_status` tabulates each run of a sweep directory: its status,
+executor, then the bisection (if any) and the summary tables, and returns a
+:class:`SweepResult`; the engine draws no figures (``groklab sweep`` draws a study's figures
+after the run). :func:`sweep_status` tabulates each run of a sweep directory: its status,
 whether a live process holds it, and its progress.
 """
 
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,6 @@ class SweepResult:
     runs: pd.DataFrame
     points: pd.DataFrame
     bisect: dict[str, Any] | None = None
-    figures: list[Path] = field(default_factory=list)
 
     @property
     def n_failed(self) -> int:
@@ -58,13 +58,12 @@ def run_sweep(
     address: str | None = None,
     progress: bool = True,
     only: Sequence[str] = (),
-    figures: Callable[[Path], list[Path]] | None = None,
     console: Any = None,
     threads: int | None = None,
     gpus_per_run: float | None = None,
 ) -> SweepResult:
-    """Run every point of ``spec`` into ``sweep_dir``, then the bisection (if any), the
-    summary tables and the study figures (if matplotlib is installed).
+    """Run every point of ``spec`` into ``sweep_dir``, then the bisection (if any) and the
+    summary tables.
 
     Args:
         spec: the parsed spec.
@@ -76,9 +75,6 @@ def run_sweep(
             ``auto`` is resolved once here (:func:`resolve_ray_device`: ``cuda`` when the
             cluster reports GPUs, else ``cpu``) so every worker agrees.
         only: glob patterns on run names; when given, only matching runs are trained.
-        figures: draws the study's figures at the end and returns their paths, given the
-            sweep directory (:func:`groklab.studies.draw_study_figures`; passed in because the
-            studies sit above the engine); None: no figures.
         console: a rich Console for messages (None = quiet).
     """
     kwargs = {
@@ -89,7 +85,6 @@ def run_sweep(
         "address": address,
         "progress": progress,
         "only": only,
-        "figures": figures,
         "console": console,
         "threads": threads,
         "gpus_per_run": gpus_per_run,
@@ -119,7 +114,6 @@ def _run_sweep(
     address: str | None,
     progress: bool,
     only: Sequence[str],
-    figures: Callable[[Path], list[Path]] | None,
     console: Any,
     threads: int | None,
     gpus_per_run: float | None,
@@ -192,14 +186,7 @@ def _run_sweep(
         )
         _write_sweep_file(sweep_dir, spec, _merge_runs(runs, brs))
     runs_df, points = summarize_sweep(sweep_dir)
-    figs: list[Path] = []
-    if figures is not None and spec.study:
-        try:
-            figs = figures(sweep_dir)
-        except ImportError as e:
-            if console is not None:
-                console.print(f"figures skipped: {e}", highlight=False, markup=False)
-    return SweepResult(sweep_dir, results, runs_df, points, bis, figs)
+    return SweepResult(sweep_dir, results, runs_df, points, bis)
 
 
 def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import pandas as pd
 
 from groklab.report import figures as F
 from groklab.report.collect.common import _card, _q
-from groklab.report.collect.run import RunData
+from groklab.report.collect.run import Circuit, RunData
 from groklab.report.html import Markup, Section, code, kv_table, sortable_table
 
 
@@ -162,15 +163,19 @@ def _model_line(cfg: Any) -> str:
     )
 
 
-def _bands(d: RunData) -> list[F.Band]:
-    if d.phases is None:
+def phase_bands(phases: Any) -> list[F.Band]:
+    """The training phases of a :class:`groklab.analysis.phases.Phases` as shaded bands."""
+    if phases is None:
         return []
-    ph = d.phases
-    out: list[F.Band] = [("memorisation", *ph.memorisation)]
-    out.append(("circuit formation", *ph.circuit_formation))
-    if ph.cleanup:
-        out.append(("cleanup", *ph.cleanup))
+    out: list[F.Band] = [("memorisation", *phases.memorisation)]
+    out.append(("circuit formation", *phases.circuit_formation))
+    if phases.cleanup:
+        out.append(("cleanup", *phases.cleanup))
     return out
+
+
+def _bands(d: RunData) -> list[F.Band]:
+    return phase_bands(d.phases)
 
 
 def run_sections(d: RunData, *, max_points: int = F.DEFAULT_MAX_POINTS) -> list[Section]:
@@ -250,31 +255,62 @@ def run_sections(d: RunData, *, max_points: int = F.DEFAULT_MAX_POINTS) -> list[
     return secs
 
 
+def progress_figures(
+    progress: pd.DataFrame,
+    ops: list[str],
+    *,
+    phases: Any = None,
+    grokking_step: int | None = None,
+    max_points: int = F.DEFAULT_MAX_POINTS,
+) -> dict[str, Any]:
+    """Operation (``""`` for a single one) → its progress-measures figure.
+
+    Args:
+        progress: the progress table (``step``, ``<op>/<loss>`` columns, ``sumsq/total``).
+        ops: the operations of the table (one figure each; one or none: one figure).
+        phases: the run's :class:`groklab.analysis.phases.Phases` (bands; per-operation
+            grokking steps when there are several operations).
+        grokking_step: the grokking step marked when there is one operation.
+        max_points: most points per curve.
+    """
+    figs = {}
+    for op in ops or [""]:
+        pre = f"{op}/" if op else ""
+        cols = [
+            f"{pre}{c}" for c in ("train_loss", "test_loss", "restricted_loss", "excluded_loss")
+        ]
+        fig = F.progress_measures(
+            progress,
+            loss_columns=cols,
+            weight_column="sumsq/total" if "sumsq/total" in progress else None,
+            bands=phase_bands(phases),
+            grokking_step=(getattr(phases, "grokking_step_by_op", None) or {}).get(op)
+            if len(ops) > 1
+            else grokking_step,
+            max_points=max_points,
+        )
+        if len(ops) > 1:
+            _title_suffix(fig, op)
+        figs[op if len(ops) > 1 else ""] = fig
+    return figs
+
+
 def _progress_section(d: RunData, analyze: str, max_points: int) -> Section:
     title = "Progress measures and phases"
     if d.progress is None or not len(d.progress):
         return Section(
             "progress", title, absent="progress measures not computed for this run", command=analyze
         )
-    figs = {}
-    for op in d.progress_ops or [""]:
-        pre = f"{op}/" if op else ""
-        cols = [
-            f"{pre}{c}" for c in ("train_loss", "test_loss", "restricted_loss", "excluded_loss")
-        ]
-        name = "progress-measures" if len(d.progress_ops) <= 1 else f"progress-measures-{op}"
-        figs[name] = F.progress_measures(
+    figs = {
+        f"progress-measures-{op}" if op else "progress-measures": fig
+        for op, fig in progress_figures(
             d.progress,
-            loss_columns=cols,
-            weight_column="sumsq/total" if "sumsq/total" in d.progress else None,
-            bands=_bands(d),
-            grokking_step=(getattr(d.phases, "grokking_step_by_op", None) or {}).get(op)
-            if len(d.progress_ops) > 1
-            else d.summary.get("grokking_step"),
+            d.progress_ops,
+            phases=d.phases,
+            grokking_step=d.summary.get("grokking_step"),
             max_points=max_points,
-        )
-        if len(d.progress_ops) > 1:
-            _title_suffix(figs[name], op)
+        ).items()
+    }
     cap = (
         "Restricted loss keeps only the key-frequency directions of the logits; excluded loss "
         "removes them (on training data). Bands: the training phases"
@@ -286,6 +322,53 @@ def _progress_section(d: RunData, analyze: str, max_points: int) -> Section:
 
 def _title_suffix(fig: Any, text: str) -> None:
     fig.update_layout(title_text=f"{fig.layout.title.text} — {text}")
+
+
+CIRCUIT_FIGURES = ("fourier", "neurons", "fourier-2d", "embedding")
+
+
+def circuit_figures(circuits: Mapping[str, Circuit]) -> dict[str, dict[str, Any]]:
+    """Kind (:data:`CIRCUIT_FIGURES`) → operation → figure of each operation's circuit.
+
+    With several operations each figure's title names its operation. A kind the data cannot
+    draw (no MLP neurons, ...) has no entry for that operation.
+    """
+    out: dict[str, dict[str, Any]] = {k: {} for k in CIRCUIT_FIGURES}
+    for op, c in circuits.items():
+        norms = {"W_E": c.we_norms}
+        if c.wl_norms is not None:
+            norms["W_L = W_U·W_out"] = c.wl_norms
+        out["fourier"][op] = F.fourier_norms(norms, labels=c.labels, key_frequencies=c.key_freqs)
+        if c.neuron_freq is not None:
+            out["neurons"][op] = F.neuron_clusters(
+                freq=c.neuron_freq,
+                share=c.neuron_share,
+                clustered=c.neuron_clustered,
+                fractions=c.neuron_fractions,
+                threshold=c.cluster_threshold,
+            )
+        maps = {}
+        if c.neuron_2d is not None:
+            maps["neuron activations"] = c.neuron_2d
+        if c.logit_2d is not None:
+            maps["logits"] = c.logit_2d
+        if maps:
+            out["fourier-2d"][op] = F.fourier_2d(maps, labels=c.labels)
+        coords = {}
+        if c.pca is not None:
+            ex = c.pca_explained
+            lab = "PC 1 vs PC 2" + (f" ({sum(ex[:2]):.0%} of variance)" if ex else "")
+            coords[lab] = c.pca
+        for k, xy in list(c.circles.items())[:8]:
+            coords[f"cos/sin of frequency {k}"] = xy
+        if coords:
+            out["embedding"][op] = F.embedding_pcs(coords, tokens=c.residues)
+    if len(circuits) > 1:  # several operations: say which one each figure shows
+        for figs in out.values():
+            for op, fig in figs.items():
+                log = " (indexed by discrete log)" if op in ("mul", "div") else ""
+                _title_suffix(fig, op + log)
+    return out
 
 
 def _circuit_sections(d: RunData, analyze: str) -> list[Section]:
@@ -300,45 +383,17 @@ def _circuit_sections(d: RunData, analyze: str) -> list[Section]:
             Section(k, t, absent="circuit analysis not computed for this run", command=analyze)
             for k, t in titles.items()
         ]
-    out = {k: {} for k in titles}
-    for op, c in d.circuits.items():
-        sfx = "" if len(d.circuits) == 1 else f"-{op}"
-        norms = {"W_E": c.we_norms}
-        if c.wl_norms is not None:
-            norms["W_L = W_U·W_out"] = c.wl_norms
-        out["fourier"][f"fourier-norms{sfx}"] = F.fourier_norms(
-            norms, labels=c.labels, key_frequencies=c.key_freqs
-        )
-        if c.neuron_freq is not None:
-            out["neurons"][f"neuron-clusters{sfx}"] = F.neuron_clusters(
-                freq=c.neuron_freq,
-                share=c.neuron_share,
-                clustered=c.neuron_clustered,
-                fractions=c.neuron_fractions,
-                threshold=c.cluster_threshold,
-            )
-        maps = {}
-        if c.neuron_2d is not None:
-            maps["neuron activations"] = c.neuron_2d
-        if c.logit_2d is not None:
-            maps["logits"] = c.logit_2d
-        if maps:
-            out["fourier-2d"][f"fourier-2d{sfx}"] = F.fourier_2d(maps, labels=c.labels)
-        coords = {}
-        if c.pca is not None:
-            ex = c.pca_explained
-            lab = "PC 1 vs PC 2" + (f" ({sum(ex[:2]):.0%} of variance)" if ex else "")
-            coords[lab] = c.pca
-        for k, xy in list(c.circles.items())[:8]:
-            coords[f"cos/sin of frequency {k}"] = xy
-        if coords:
-            out["embedding"][f"embedding{sfx}"] = F.embedding_pcs(coords, tokens=c.residues)
-        if sfx:  # several operations: say which one each figure shows
-            log = " (indexed by discrete log)" if op in ("mul", "div") else ""
-            for figs in out.values():
-                for name, fig in figs.items():
-                    if name.endswith(sfx):
-                        _title_suffix(fig, op + log)
+    stems = {
+        "fourier": "fourier-norms",
+        "neurons": "neuron-clusters",
+        "fourier-2d": "fourier-2d",
+        "embedding": "embedding",
+    }
+    many = len(d.circuits) > 1
+    out = {
+        k: {stems[k] + (f"-{op}" if many else ""): fig for op, fig in figs.items()}
+        for k, figs in circuit_figures(d.circuits).items()
+    }
     caps = {
         "fourier": "Norm of the embedding (and of the neuron-to-logit map) along each Fourier "
         "basis vector of the final checkpoint; a grokked network uses a few key frequencies "

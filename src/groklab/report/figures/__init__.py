@@ -13,8 +13,13 @@ are drawn at their exact steps, so thinning never hides them.
 Modules, one subject each: :mod:`~groklab.report.figures.training` (loss, accuracy and weight
 norms), :mod:`~groklab.report.figures.fourier` (progress measures and the Fourier circuit),
 :mod:`~groklab.report.figures.llc` (the LLC and its diagnostics),
-:mod:`~groklab.report.figures.sweeps` (sweeps and studies) and
-:mod:`~groklab.report.figures.common` (colours, layout, thinning and smoothing).
+:mod:`~groklab.report.figures.sweeps` (sweeps), :mod:`~groklab.report.figures.studies`
+(the shipped studies' own figures) and :mod:`~groklab.report.figures.common` (colours, layout,
+thinning and smoothing).
+
+These are the only figure definitions of the package: the HTML report embeds them, and the
+static files that ``groklab analyze``, ``groklab llc`` and ``groklab sweep`` write are the
+same figure objects exported by :mod:`groklab.report.static`.
 """
 
 from __future__ import annotations
@@ -42,7 +47,14 @@ from groklab.report.figures.fourier import (
     neuron_clusters,
     progress_measures,
 )
-from groklab.report.figures.llc import llc_curve, llc_diagnostics, llc_traces
+from groklab.report.figures.llc import llc_calibration, llc_curve, llc_diagnostics, llc_traces
+from groklab.report.figures.studies import (
+    loss_spikes,
+    omnigrok_curves,
+    per_op_loss,
+    phase_diagram,
+    steps_vs_variable,
+)
 from groklab.report.figures.sweeps import (
     grokking_vs_variable,
     llc_by_ratio,
@@ -61,14 +73,20 @@ __all__ = [
     "fourier_norms",
     "grokking_vs_variable",
     "llc_by_ratio",
+    "llc_calibration",
     "llc_curve",
     "llc_diagnostics",
     "llc_traces",
     "loss_curves",
+    "loss_spikes",
     "neuron_clusters",
+    "omnigrok_curves",
     "overlaid_curves",
+    "per_op_loss",
+    "phase_diagram",
     "progress_measures",
     "ratio_colour",
+    "steps_vs_variable",
     "thin_indices",
     "weight_norms",
 ]

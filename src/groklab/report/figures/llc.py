@@ -8,7 +8,9 @@ They draw the LLC cache's tables; :mod:`groklab.analysis.llc` makes them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -17,15 +19,20 @@ from plotly.subplots import make_subplots
 
 from groklab.report.figures.common import (
     _CYCLE,
+    _TEST,
     _TRAIN,
     DEFAULT_MAX_POINTS,
     Band,
     _add_bands,
     _f32,
     _layout,
+    _mark_steps,
     _mode,
     thin_indices,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from groklab.analysis.llc import Calibration
 
 
 def _series(llc: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -38,7 +45,11 @@ def llc_curve(
     llc: pd.DataFrame,
     *,
     test_loss: pd.DataFrame | None = None,
+    loss_columns: Sequence[str] | None = None,
     bands: Sequence[Band] = (),
+    marks: Mapping[str, int | None] | None = None,
+    title: str | None = None,
+    log_x: bool = False,
     max_points: int = DEFAULT_MAX_POINTS,
 ) -> go.Figure:
     """The local learning coefficient over training, its spread over chains, and test loss.
@@ -47,9 +58,13 @@ def llc_curve(
         llc: one row per analysed checkpoint: ``step``, ``llc`` (mean over chains), optional
             ``llc_std`` and ``series`` (the data it was measured on: ``total``, ``add``, ...,
             one curve each).
-        test_loss: ``step`` and the ``test…/loss`` columns, drawn on a second (log) axis.
+        test_loss: ``step`` and loss columns, drawn on a second (log) axis.
+        loss_columns: the columns of ``test_loss`` to draw (default: every ``test…/loss``).
         bands: training phases ``(name, start, end)``.
-        max_points: most points per test-loss trace.
+        marks: labelled vertical lines (phase boundaries, the LLC peak, ...).
+        title: figure title (default: says what is drawn).
+        log_x: logarithmic step axis.
+        max_points: most points per loss trace.
     """
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     for i, (name, g) in enumerate(_series(llc)):
@@ -108,7 +123,11 @@ def llc_curve(
     if test_loss is not None and len(test_loss):
         steps = test_loss["step"].to_numpy(float)
         idx = thin_indices(steps, max_points)
-        cols = [c for c in test_loss.columns if c.startswith("test") and c.endswith("/loss")]
+        cols = (
+            [c for c in loss_columns if c in test_loss]
+            if loss_columns is not None
+            else [c for c in test_loss.columns if c.startswith("test") and c.endswith("/loss")]
+        )
         for j, c in enumerate(cols):
             fig.add_trace(
                 go.Scatter(
@@ -126,17 +145,22 @@ def llc_curve(
                 secondary_y=True,
             )
         fig.update_yaxes(
-            type="log", title="test loss", secondary_y=True, showgrid=False, exponentformat="power"
+            type="log",
+            title="test loss" if loss_columns is None else "loss",
+            secondary_y=True,
+            showgrid=False,
+            exponentformat="power",
         )
     x_max = float(llc["step"].max()) if len(llc) else 0.0
     _add_bands(fig, bands, x_max)
+    _mark_steps(fig, marks or {}, log_x=log_x)
     _layout(
         fig,
-        title="Local learning coefficient (mean ± sd over chains) and test loss",
+        title=title or "Local learning coefficient (mean ± sd over chains) and test loss",
         hovermode="closest",
     )
     fig.update_yaxes(title="LLC", secondary_y=False)
-    fig.update_xaxes(title="step")
+    fig.update_xaxes(title="step", type="log" if log_x else None)
     return fig
 
 
@@ -260,6 +284,124 @@ def llc_traces(
         fig.update_xaxes(title="SGLD step", row=1, col=c)
     fig.update_yaxes(title="minibatch loss", row=1, col=1)
     _layout(fig, title="SGLD loss traces (shaded: burn-in; dashed: L(w*))", height=440)
+    return fig
+
+
+def llc_calibration(cal: Calibration, *, max_points: int = 400) -> go.Figure:
+    """The SGLD loss traces of every setting of an LLC calibration, one panel per setting.
+
+    Rows: ε (one block of rows per nβ); columns: γ. Each panel shows every chain (diverged
+    chains dotted), their mean (black), ``L(w*)`` (red, dashed) and the burn-in (grey); its
+    title gives the LLC and the verdict (rejected settings in red with the reason), and the
+    recommended setting is framed in green.
+
+    Args:
+        cal: a :class:`groklab.analysis.llc.Calibration`.
+        max_points: most points per chain.
+    """
+    res = cal.results
+    eps = sorted({r.settings.epsilon for r in res})
+    gam = sorted({r.settings.gamma for r in res})
+    nbs = sorted({r.nbeta for r in res})
+    n_rows, n_cols = max(1, len(eps) * len(nbs)), max(1, len(gam))
+    where, titles = {}, [""] * (n_rows * n_cols)
+    for i, r in enumerate(res):
+        row = nbs.index(r.nbeta) * len(eps) + eps.index(r.settings.epsilon)
+        col = gam.index(r.settings.gamma)
+        where[i] = (row + 1, col + 1)
+        verdict = "OK" if cal.ok[i] else ", ".join(cal.reasons[i])
+        llc = f"{r.llc:.4g}" if math.isfinite(r.llc) else "—"
+        colour = "#111" if cal.ok[i] else "#b22222"
+        titles[row * n_cols + col] = (
+            f"<span style='color:{colour}'>ε={r.settings.epsilon:g} γ={r.settings.gamma:g} "
+            f"nβ={r.nbeta:.3g}<br>LLC {llc}: {verdict}</span>"
+        )
+    fig = make_subplots(
+        rows=n_rows,
+        cols=n_cols,
+        subplot_titles=titles,
+        horizontal_spacing=0.06,
+        vertical_spacing=min(0.12, 0.5 / n_rows),
+    )
+    for i, r in enumerate(res):
+        row, col = where[i]
+        tr = np.asarray(r.trace, dtype=float)  # [chains, SGLD steps]
+        t = np.arange(tr.shape[1], dtype=float)
+        idx = thin_indices(t + 1, max_points)
+        for c in range(tr.shape[0]):
+            bad = c in r.diverged
+            fig.add_trace(
+                go.Scatter(
+                    x=t[idx],
+                    y=_f32(tr[c][idx]),
+                    mode="lines",
+                    name=f"chain {c}",
+                    legendgroup=f"chain {c}",
+                    showlegend=i == 0,
+                    opacity=0.35 if bad else 0.8,
+                    line={
+                        "color": _CYCLE[c % len(_CYCLE)],
+                        "width": 1,
+                        "dash": "dot" if bad else "solid",
+                    },
+                    hovertemplate=f"chain {c}<br>SGLD step %{{x}}<br>loss %{{y:.4g}}"
+                    "<extra></extra>",
+                ),
+                row=row,
+                col=col,
+            )
+        kept = [c for c in range(tr.shape[0]) if c not in r.diverged]
+        if kept:
+            fig.add_trace(
+                go.Scatter(
+                    x=t[idx],
+                    y=_f32(tr[kept].mean(axis=0)[idx]),
+                    mode="lines",
+                    name="mean",
+                    legendgroup="mean",
+                    showlegend=i == 0,
+                    line={"color": "#111", "width": 1.6},
+                ),
+                row=row,
+                col=col,
+            )
+        fig.add_hline(
+            y=float(r.init_loss),
+            line={"dash": "dash", "color": _TEST, "width": 1},
+            row=row,
+            col=col,
+        )
+        if r.settings.burnin:
+            fig.add_vrect(
+                x0=0,
+                x1=r.settings.burnin,
+                fillcolor="rgba(120,120,120,0.15)",
+                line_width=0,
+                layer="below",
+                row=row,
+                col=col,
+            )
+        if i == cal.recommended:
+            k = (row - 1) * n_cols + col
+            ax = "" if k == 1 else str(k)
+            fig.add_shape(
+                type="rect",
+                xref=f"x{ax} domain",
+                yref=f"y{ax} domain",
+                x0=0,
+                x1=1,
+                y0=0,
+                y1=1,
+                line={"color": "green", "width": 3},
+            )
+    fig.update_annotations(font_size=10)
+    _layout(
+        fig,
+        title=f"LLC calibration at step {cal.step} ({cal.subset}); grey: burn-in, red: L(w*), "
+        "green frame: recommended",
+        height=140 + 230 * n_rows,
+        legend=True,
+    )
     return fig
 
 
