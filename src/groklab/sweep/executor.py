@@ -24,9 +24,10 @@ from typing import Any
 import pandas as pd
 
 from groklab.config import RunConfig, load_config
-from groklab.errors import ConfigError
+from groklab.errors import ConfigError, GroklabError
 from groklab.store import CONFIG, METRICS, read_manifest
 from groklab.sweep.analyses import resolve_analysis
+from groklab.sweep.delivery import RAY_RETRIES, adopt_partial, claim, run_files_dir
 from groklab.sweep.spec import DONE_STATUSES
 from groklab.sweep.worker import _already_done, _run_one
 
@@ -79,8 +80,8 @@ def _parse_time(s: str | None) -> datetime | None:
 class _Display:
     """Live overall progress: runs done/total, running (with their step), failed, skipped.
 
-    A poll thread reads the run directories (manifest + metrics), so it works the same for
-    every backend that writes to storage this process can see.
+    A poll thread reads the run directories (manifest + metrics; a run being delivered from
+    a Ray node: its ``.partial``), so it works the same for every backend.
     """
 
     def __init__(self, enabled: bool, outs: list[Path], labels: list[str], title: str) -> None:
@@ -133,9 +134,10 @@ class _Display:
 
     def _running(self) -> dict[int, tuple[int, int]]:
         out = {}
-        for i, p in enumerate(self.outs):
+        for i, out in enumerate(self.outs):
             if i in self.finished:
                 continue
+            p = run_files_dir(out)
             m = read_manifest(p)
             started = _parse_time(m.get("started_at"))
             if m.get("status") != "running" or started is None or started < self.launch:
@@ -322,6 +324,10 @@ def _check_gpus_per_run(gpus_per_run: float | None) -> None:
         raise ConfigError(f"gpus_per_run={gpus_per_run} is not allowed; must be in (0, 1]")
 
 
+def _failed(out: str, error: str) -> dict[str, Any]:
+    return {"out": out, "status": "failed", "error": error, "action": None}
+
+
 def _run_ray(
     jobs: list[tuple[RunConfig, str]],
     analyses: tuple[str, ...],
@@ -333,36 +339,57 @@ def _run_ray(
     gpus_per_run: float | None = None,
     threads: int | None = None,
 ) -> None:
+    """Each run as a Ray task that trains in its node's scratch directory and delivers its
+    files through a receiver actor on this node (:mod:`groklab.sweep.delivery`); a task whose
+    worker or node dies is retried and resumes from what was delivered."""
+    from groklab.sweep.delivery import _run_delivered, run_keys, start_receiver, sweep_id
+
     threads = threads or 1
+    keys = run_keys([out for _, out in jobs])
+    sid = sweep_id([out for _, out in jobs])
     with ray_session(address) as ray:
-        remote = ray.remote(_run_one)
-        resources: dict[tuple, dict] = {}
-        cap = workers if workers and workers > 0 else len(jobs)
-        queue = list(range(len(jobs)))
-        pending: dict[Any, int] = {}
-        while queue or pending:
-            while queue and len(pending) < cap:
-                i = queue.pop(0)
-                cfg = jobs[i][0]
-                key = (cfg.data, cfg.model, cfg.train.device)
-                if key not in resources:
-                    resources[key] = _ray_resources(cfg, gpus_per_run, threads)
-                ref = remote.options(**resources[key]).remote(*jobs[i], analyses, options, threads)
-                pending[ref] = i
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                i = pending.pop(ref)
+        receiver = start_receiver(ray, {k: out for k, (_, out) in zip(keys, jobs, strict=True)})
+        try:
+            remote = ray.remote(_run_delivered)
+            resources: dict[tuple, dict] = {}
+            cap = workers if workers and workers > 0 else len(jobs)
+            queue = []
+            for i, (cfg, out) in enumerate(jobs):
                 try:
-                    res = ray.get(ref)
-                except Exception as e:  # a worker crash or lost node, after Ray's retries
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    res = {
-                        "out": jobs[i][1],
-                        "status": "failed",
-                        "error": f"ray: {type(e).__name__}: {first}",
-                        "action": None,
-                    }
-                on_done(i, res)
+                    claim(cfg, Path(out))
+                except GroklabError as e:
+                    on_done(i, _failed(out, str(e)))
+                else:
+                    queue.append(i)
+            pending: dict[Any, int] = {}
+            while queue or pending:
+                while queue and len(pending) < cap:
+                    i = queue.pop(0)
+                    cfg = jobs[i][0]
+                    key = (cfg.data, cfg.model, cfg.train.device)
+                    if key not in resources:
+                        resources[key] = _ray_resources(cfg, gpus_per_run, threads)
+                    ref = remote.options(
+                        max_retries=RAY_RETRIES, retry_exceptions=False, **resources[key]
+                    ).remote(cfg, keys[i], sid, receiver, analyses, options, threads)
+                    pending[ref] = i
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    i = pending.pop(ref)
+                    out = jobs[i][1]
+                    try:
+                        res = dict(ray.get(ref))
+                    except Exception as e:  # a worker crash or lost node, after Ray's retries
+                        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        res = _failed(out, f"ray: {type(e).__name__}: {first}")
+                    scratch = res.get("scratch")
+                    if scratch and res.get("error"):  # name the run as the user knows it
+                        res["error"] = str(res["error"]).replace(scratch, out)
+                    res["out"] = out
+                    on_done(i, res)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.kill(receiver)
 
 
 def run_many(
@@ -439,6 +466,8 @@ def run_many(
 
     todo = []
     for i, (cfg, out) in enumerate(jobs):
+        if backend == "local":  # writes in place: take over a run an interrupted Ray sweep left
+            adopt_partial(Path(out))
         done = _already_done(cfg, Path(out), analyses, options)
         if done is not None:
             on_done(i, done)

@@ -33,7 +33,7 @@ import contextlib
 import math
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,6 +79,7 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     init_state: dict[str, torch.Tensor] | None = None,
+    on_save: Callable[[Path], None] | None = None,
 ) -> Path:
     """Train ``config`` into the run directory ``out`` (or continue it with ``resume``).
 
@@ -88,6 +89,8 @@ def run_training(
         resume: continue the killed/stopped run in ``out`` from its latest full state.
         progress: show a live progress bar.
         init_state: optional initial weights (e.g. from another run's checkpoint).
+        on_save: called with the run directory after each full save (checkpoint, metrics
+            and resumable state written), e.g. to ship the new files elsewhere.
 
     Returns:
         The run directory.
@@ -98,6 +101,7 @@ def run_training(
         resume=resume,
         progress=progress,
         init_states=None if init_state is None else [init_state],
+        on_save=on_save,
     )[0]
 
 
@@ -108,12 +112,14 @@ def train_stack(
     resume: bool = False,
     progress: bool = True,
     init_states: Sequence[dict[str, torch.Tensor] | None] | None = None,
+    on_save: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Train K runs of one shape as one batched computation (see ``ensemble.train_many``).
 
     The configs must agree on everything that shapes or schedules the computation; the
     caller checks that (``ensemble.check_stackable``). On resume each directory's own
-    config is used and every run must stand at the same step.
+    config is used and every run must stand at the same step. ``on_save``: see
+    :func:`run_training` (called once per run directory saved).
     """
     if len(configs) != len(outs):
         raise ConfigError(f"{len(configs)} configs for {len(outs)} run directories")
@@ -147,6 +153,7 @@ def train_stack(
             resume=resume,
             progress=progress,
             init_states=list(init_states) if init_states is not None else [None] * len(cfgs),
+            on_save=on_save,
         )
         return [s.path for s in stores]
     finally:
@@ -179,6 +186,7 @@ def _train(
     resume: bool,
     progress: bool,
     init_states: Sequence[dict[str, torch.Tensor] | None],
+    on_save: Callable[[Path], None] | None = None,
 ) -> None:
     config = configs[0]
     tc = config.train
@@ -361,6 +369,8 @@ def _train(
                     tensors, smeta = _state_tensors(stack, k, opt, filt)
                     m.store.write_metrics(m.rows)
                     m.store.write_state(t, tensors, {**meta, **smeta})
+                    if on_save is not None:
+                        on_save(m.store.path)
                     if last or k in stopping:
                         finish(m, "completed", t)
             n_done = sum(m.done for m in members)
