@@ -2,8 +2,10 @@
 
 :func:`run_many` runs a list of (config, directory) items: a run that needs no work is
 answered without starting a worker, the rest go to a local process pool (each worker pinned
-to the thread policy's count and exiting with its parent) or to Ray tasks; a failure is
-recorded and the other runs go on. A live progress display shows what each worker is doing.
+to the thread policy's count and exiting with its parent) or to Ray tasks, which train in
+their node's scratch directory and deliver each run to its directory here
+(:mod:`groklab.sweep.delivery`: no shared filesystem needed, a lost node's runs resume on
+another); a failure is recorded and the other runs go on. A live progress display shows what each worker is doing.
 """
 
 from __future__ import annotations
@@ -413,6 +415,13 @@ def run_many(
     with a saved state is resumed; otherwise it starts. A failure in one run (including a
     directory that holds a different run) is recorded and does not stop the others.
 
+    The local backend writes each run in place. The Ray backend never lets a task write to
+    ``outs``: each run trains in its node's scratch directory and is delivered to ``<out>``
+    through a receiver actor on this node, via ``<out>.partial`` (see
+    :mod:`groklab.sweep.delivery`); a task whose worker or node dies is retried and resumes
+    from what was delivered. A ``<out>.partial`` left by an interrupted sweep is continued by
+    either backend.
+
     Args:
         configs: one config per run.
         outs: one run directory per config.
@@ -438,7 +447,8 @@ def run_many(
         One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
         ``error`` (None or one line), ``action`` (started, resumed, skipped or None),
         ``seconds``, ``analyses`` (name → result) when any ran, and on Ray ``gpu_ids`` (the
-        GPUs Ray gave the run).
+        GPUs Ray gave the run), ``node_id`` and ``scratch`` (the node and the scratch
+        directory it trained in).
     """
     if len(configs) != len(outs):
         raise ConfigError(f"run_many: {len(configs)} configs but {len(outs)} out dirs")
