@@ -134,6 +134,14 @@ def test_an_older_attempt_is_refused(tmp_path: Path) -> None:
         rec.begin("other")
 
 
+def test_a_run_that_fails_before_writing_leaves_no_partial(tmp_path: Path, scratch: Path) -> None:
+    rec = dl.Receiver({"run": str(tmp_path / "run")})
+    with dl.delivered_run(rec, "run", "sweep0") as d:
+        res = d.finish({"out": str(d.path), "status": "failed", "error": "no CUDA device"})
+    assert res["status"] == "failed" and res["error"] == "no CUDA device"
+    assert list(tmp_path.iterdir()) == [scratch]
+
+
 def test_claim_moves_an_unfinished_run_and_refuses_others(tmp_path: Path) -> None:
     out = tmp_path / "a"
     run_training(CFG, out, progress=False)

@@ -149,9 +149,8 @@ class Receiver:
         written) when ``token`` is not the latest attempt's or the run is delivered."""
         if self._tokens.get(key) != token or key in self._results:
             return False
-        part = partial_dir(self._target(key))
-        part.mkdir(parents=True, exist_ok=True)
-        _write_tree(part, files)
+        if files:  # a run that failed before writing anything leaves no .partial
+            _write_tree(partial_dir(self._target(key)), files)
         return True
 
     def finish(self, key: str, token: str, files: dict[str, bytes], result: dict[str, Any]) -> bool:
