@@ -48,6 +48,9 @@ SPEC = {
 }
 
 
+_STORE_BYTES = 100 * 2**20  # Ray's object store per node: small (runs send a few kB)
+
+
 class _Cluster:
     def __init__(self, cluster: Any, roots: dict[str, Path]) -> None:
         self.cluster, self.roots = cluster, roots  # worker node id -> its scratch root
@@ -65,6 +68,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
             initialize_head=True,
             head_node_args={
                 "num_cpus": 0,
+                "include_dashboard": False,
+                "object_store_memory": _STORE_BYTES,
                 # notice a removed node within about a second
                 "_system_config": {
                     "health_check_initial_delay_ms": 0,
@@ -77,7 +82,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Cluster]:
         roots = {}
         for i in range(2):
             root = base / f"worker{i}"
-            node = c.add_node(num_cpus=1, env_vars={SCRATCH_ENV: str(root)})
+            node = c.add_node(
+                num_cpus=1, object_store_memory=_STORE_BYTES, env_vars={SCRATCH_ENV: str(root)}
+            )
             roots[node.node_id] = root
         ray.init(address=c.address, include_dashboard=False, log_to_driver=False)
         yield _Cluster(c, roots)

@@ -345,8 +345,7 @@ def _run_delivered(
         if d.prior is not None:
             return d.prior
         res = _run_one(cfg, str(d.path), analyses, options, threads, on_save=d.on_save)
-        res = d.finish(res)
-    return {**res, "scratch": str(d.path), "node_id": node_id()}
+        return d.finish({**res, "scratch": str(d.path), "node_id": node_id()})
 
 
 def claim(cfg: RunConfig, out: Path) -> None:
