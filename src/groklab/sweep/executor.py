@@ -3,8 +3,11 @@
 :func:`run_many` runs a list of (config, directory) items: a run that needs no work is
 answered without starting a worker, the rest go as jobs to a local process pool (each worker
 pinned to the thread policy's count and exiting with its parent) or to Ray tasks; a job is one
-run or, with ``stack``, a stack of same-shape runs trained together (:mod:`.stack`); a failure
-is recorded and the other runs go on. A live progress display shows what each worker is doing.
+run or, with ``stack``, a stack of same-shape runs trained together (:mod:`.stack`). Ray tasks
+train in their node's scratch directory and deliver each run to its directory here
+(:mod:`groklab.sweep.delivery`: no shared filesystem needed, a lost node's runs resume on
+another). A failure is recorded and the other runs go on. A live progress display shows what
+each worker is doing.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from typing import Any
 import pandas as pd
 
 from groklab.config import RunConfig, load_config
-from groklab.errors import ConfigError
+from groklab.errors import ConfigError, GroklabError
 from groklab.store import CONFIG, METRICS, read_manifest
 from groklab.sweep.analyses import resolve_analysis
+from groklab.sweep.delivery import RAY_RETRIES, adopt_partial, claim, run_files_dir
 from groklab.sweep.spec import DONE_STATUSES
 from groklab.sweep.stack import (
     _BYTES_PER_PARAM,
@@ -89,8 +93,8 @@ def _parse_time(s: str | None) -> datetime | None:
 class _Display:
     """Live overall progress: runs done/total, running (with their step), failed, skipped.
 
-    A poll thread reads the run directories (manifest + metrics), so it works the same for
-    every backend that writes to storage this process can see.
+    A poll thread reads the run directories (manifest + metrics; a run being delivered from
+    a Ray node: its ``.partial``), so it works the same for every backend.
     """
 
     def __init__(self, enabled: bool, outs: list[Path], labels: list[str], title: str) -> None:
@@ -143,9 +147,10 @@ class _Display:
 
     def _running(self) -> dict[int, tuple[int, int]]:
         out = {}
-        for i, p in enumerate(self.outs):
+        for i, out in enumerate(self.outs):
             if i in self.finished:
                 continue
+            p = run_files_dir(out)
             m = read_manifest(p)
             started = _parse_time(m.get("started_at"))
             if m.get("status") != "running" or started is None or started < self.launch:
@@ -334,6 +339,10 @@ def _check_gpus_per_run(gpus_per_run: float | None) -> None:
         raise ConfigError(f"gpus_per_run={gpus_per_run} is not allowed; must be in (0, 1]")
 
 
+def _failed(out: str, error: str) -> dict[str, Any]:
+    return {"out": out, "status": "failed", "error": error, "action": None}
+
+
 def _run_ray(
     jobs: list[tuple[RunConfig, str]],
     analyses: tuple[str, ...],
@@ -346,47 +355,84 @@ def _run_ray(
     threads: int | None = None,
     groups: list[list[int]] | None = None,
 ) -> None:
+    """Each job (one run, or a stack: ``groups`` holds the run indices of each job) as a Ray
+    task that trains in its node's scratch directory and delivers each run's files through a
+    receiver actor on this node (:mod:`groklab.sweep.delivery`); a task whose worker or node
+    dies is retried and resumes from what was delivered."""
+    from groklab.sweep.delivery import (
+        _run_delivered,
+        _run_stack_delivered,
+        run_keys,
+        start_receiver,
+        sweep_id,
+    )
+
     threads = threads or 1
     # A job trains one run, or a stack of runs as one Ray task (groups: run indices per job).
     groups = groups if groups is not None else [[i] for i in range(len(jobs))]
+    keys = run_keys([out for _, out in jobs])
+    sid = sweep_id([out for _, out in jobs])
     with ray_session(address) as ray:
-        remotes: dict[Any, Any] = {}
-        resources: dict[tuple, dict] = {}
-        cap = workers if workers and workers > 0 else len(groups)
-        queue = list(range(len(groups)))
-        pending: dict[Any, int] = {}
-        while queue or pending:
-            while queue and len(pending) < cap:
-                j = queue.pop(0)
-                fn, args = _job_entry(jobs, groups[j])
-                if fn not in remotes:
-                    remotes[fn] = ray.remote(fn)
-                cfg, k = jobs[groups[j][0]][0], len(groups[j])
-                key = (cfg.data, cfg.model, cfg.train.device, k)
-                if key not in resources:
-                    resources[key] = _ray_resources(cfg, gpus_per_run, threads, k)
-                ref = (
-                    remotes[fn].options(**resources[key]).remote(*args, analyses, options, threads)
-                )
-                pending[ref] = j
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            for ref in ready:
-                j = pending.pop(ref)
-                try:
-                    res = ray.get(ref)
-                except Exception as e:  # a worker crash or lost node, after Ray's retries
-                    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    res = [
-                        {
-                            "out": jobs[i][1],
-                            "status": "failed",
-                            "error": f"ray: {type(e).__name__}: {first}",
-                            "action": None,
-                        }
-                        for i in groups[j]
-                    ]
-                for i, r in _job_results(groups[j], res):
-                    on_done(i, r)
+        receiver = start_receiver(ray, {k: out for k, (_, out) in zip(keys, jobs, strict=True)})
+        try:
+            remotes: dict[Any, Any] = {}
+            resources: dict[tuple, dict] = {}
+            queue: list[list[int]] = []
+            for group in groups:
+                ok = []
+                for i in group:
+                    cfg, out = jobs[i]
+                    try:
+                        claim(cfg, Path(out))
+                    except GroklabError as e:
+                        on_done(i, _failed(out, str(e)))
+                    else:
+                        ok.append(i)
+                if ok:
+                    queue.append(ok)
+            cap = workers if workers and workers > 0 else len(queue)
+            pending: dict[Any, list[int]] = {}
+            while queue or pending:
+                while queue and len(pending) < cap:
+                    group = queue.pop(0)
+                    fn = _run_delivered if len(group) == 1 else _run_stack_delivered
+                    if fn not in remotes:
+                        remotes[fn] = ray.remote(fn)
+                    cfg, k = jobs[group[0]][0], len(group)
+                    key = (cfg.data, cfg.model, cfg.train.device, k)
+                    if key not in resources:
+                        resources[key] = _ray_resources(cfg, gpus_per_run, threads, k)
+                    if k == 1:
+                        lead: tuple[Any, ...] = (cfg, keys[group[0]])
+                    else:
+                        lead = ([jobs[i][0] for i in group], [keys[i] for i in group])
+                    ref = (
+                        remotes[fn]
+                        .options(max_retries=RAY_RETRIES, retry_exceptions=False, **resources[key])
+                        .remote(*lead, sid, receiver, analyses, options, threads)
+                    )
+                    pending[ref] = group
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                for ref in ready:
+                    group = pending.pop(ref)
+                    try:
+                        got = ray.get(ref)
+                        done = [dict(r) for r in (got if isinstance(got, list) else [got])]
+                    except Exception as e:  # a worker crash or lost node, after Ray's retries
+                        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                        done = [
+                            _failed(jobs[i][1], f"ray: {type(e).__name__}: {first}") for i in group
+                        ]
+                    for i, res in zip(group, done, strict=True):
+                        out = jobs[i][1]
+                        scratch = res.get("scratch")
+                        if scratch and res.get("error"):  # name the run as the user knows it
+                            res["error"] = str(res["error"]).replace(scratch, out)
+                        res["out"] = out
+                        on_done(i, res)
+        finally:
+            with contextlib.suppress(Exception):
+                ray.kill(receiver)
 
 
 def run_many(
@@ -420,6 +466,13 @@ def run_many(
     tolerance, not bit for bit. Partly trained runs resume alone, and a failure of a stack fails
     the runs of that stack only.
 
+    The local backend writes each run in place. The Ray backend never lets a task write to
+    ``outs``: each run (alone or in a stack) trains in its node's scratch directory and is
+    delivered to ``<out>`` through a receiver actor on this node, via ``<out>.partial`` (see
+    :mod:`groklab.sweep.delivery`); a task whose worker or node dies is retried and resumes
+    from what was delivered. A ``<out>.partial`` left by an interrupted sweep is continued by
+    either backend.
+
     Args:
         configs: one config per run.
         outs: one run directory per config.
@@ -449,7 +502,8 @@ def run_many(
         One dict per run, in input order: ``out``, ``status`` (completed, diverged or failed),
         ``error`` (None or one line), ``action`` (started, resumed, skipped or None),
         ``seconds``, ``analyses`` (name → result) when any ran, on Ray ``gpu_ids`` (the GPUs
-        Ray gave the run), and for a stacked run ``stack`` (the number of runs in its stack;
+        Ray gave the run), ``node_id`` and ``scratch`` (the node and the scratch directory it
+        trained in), and for a stacked run ``stack`` (the number of runs in its stack;
         ``seconds`` is its share of the stack's time plus its analyses).
     """
     if len(configs) != len(outs):
@@ -479,6 +533,8 @@ def run_many(
 
     todo = []
     for i, (cfg, out) in enumerate(jobs):
+        if backend == "local":  # writes in place: take over a run an interrupted Ray sweep left
+            adopt_partial(Path(out))
         done = _already_done(cfg, Path(out), analyses, options)
         if done is not None:
             on_done(i, done)

@@ -22,6 +22,7 @@ from groklab.config import load_config
 from groklab.errors import ConfigError, GroklabError, RunDamagedError, RunExistsError
 from groklab.store import CONFIG, METRICS, read_manifest, writer_alive
 from groklab.sweep.bisection import bisect_sweep
+from groklab.sweep.delivery import run_files_dir
 from groklab.sweep.executor import run_many
 from groklab.sweep.spec import DONE_STATUSES, SWEEP_FILE, SweepRun, SweepSpec, expand
 from groklab.sweep.summary import _foreign, _read_run, summarize_sweep
@@ -191,12 +192,14 @@ def _run_sweep(
 
 def sweep_status(sweep_dir: str | Path) -> pd.DataFrame:
     """One row per run: name, status (pending, running, stopped, completed, diverged,
-    failed), last logged step, steps, grokking step, error."""
+    failed), last logged step, steps, grokking step, error. A run that a Ray task is still
+    delivering shows what its ``<run>.partial`` holds (its last save)."""
     sweep_dir = Path(sweep_dir)
     info = _read_sweep(sweep_dir)
     rows = []
     for e in info["runs"]:
-        out = sweep_dir / e["name"]
+        # a run still being delivered from a Ray node: what its .partial holds so far
+        out = run_files_dir(sweep_dir / e["name"])
         m = read_manifest(out)
         status = m.get("status")
         if status is None:

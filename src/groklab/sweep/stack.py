@@ -16,7 +16,7 @@ import math
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,12 +165,15 @@ def _run_stack(
     analyses: Sequence[str],
     options: dict[str, dict[str, Any]],
     threads: int | None,
+    *,
+    on_save: Callable[[Path], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Worker entry point of a stack (must stay importable for spawn and Ray): train the runs
     with :func:`~groklab.train.ensemble.train_many`, then each run's analyses. A failure of the
     stack fails each of its runs (recorded, never raised); an analysis failure fails its run.
     A stack retried after its process died (a fresh pool, Ray's task retry) finds its runs
-    started: each then resumes alone, from its own state (:func:`_run_one`)."""
+    started: each then resumes alone, from its own state (:func:`_run_one`). ``on_save``: called
+    with a run's directory after each of its full saves (see :mod:`groklab.sweep.delivery`)."""
     import torch
 
     from groklab.train import ensemble
@@ -178,13 +181,13 @@ def _run_stack(
     paths = [Path(o) for o in outs]
     if not all(_is_fresh(p) for p in paths):
         runs = zip(configs, outs, strict=True)
-        return [_run_one(c, o, analyses, options, threads) for c, o in runs]
+        return [_run_one(c, o, analyses, options, threads, on_save=on_save) for c, o in runs]
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
     error = None
     try:
-        ensemble.train_many(list(configs), paths, progress=False)
+        ensemble.train_many(list(configs), paths, progress=False, on_save=on_save)
     except GroklabError as e:
         error = str(e)
     except Exception as e:

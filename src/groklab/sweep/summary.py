@@ -22,6 +22,7 @@ from groklab.config import RunConfig
 from groklab.errors import GroklabError
 from groklab.store import CONFIG
 from groklab.sweep.analyses import _analysis_marker
+from groklab.sweep.delivery import run_files_dir
 from groklab.sweep.spec import DONE_STATUSES, POINTS_FILE, SUMMARY_FILE
 from groklab.sweep.sweepfile import _read_sweep
 
@@ -63,7 +64,8 @@ def _read_run(out: Path) -> tuple[dict[str, Any], RunConfig | None, pd.DataFrame
 def _run_row(entry: dict[str, Any], sweep_dir: Path) -> dict[str, Any]:
     from groklab.run import first_step_at
 
-    out = sweep_dir / entry["name"]
+    # a run still being delivered from a Ray node: what its .partial holds so far
+    out = run_files_dir(sweep_dir / entry["name"])
     seed_keys = set(entry.get("seed_keys", []))
     row: dict[str, Any] = {
         "run": entry["name"],

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,29 +25,39 @@ from groklab.sweep.analyses import _analysis_marker, _jsonable, resolve_analysis
 from groklab.sweep.spec import DONE_STATUSES
 
 
-def _execute(cfg: RunConfig, out: Path) -> str:
+def _check_same_run(cfg: RunConfig, out: Path) -> None:
+    """Refuse a run directory whose config.toml is damaged or holds a different run.
+
+    Raises:
+        RunDamagedError: the config.toml cannot be read.
+        ConfigError: it holds a different config (the first difference is named).
+    """
+    try:
+        old = config_to_dict(load_config(out / CONFIG))
+    except GroklabError as e:
+        raise RunDamagedError(
+            f"{str(e).removesuffix('.')}; the run's config.toml is damaged: restore it, or "
+            "delete the run directory to train the run again"
+        ) from None
+    new = config_to_dict(cfg)
+    if old != new:
+        raise different_run_error(out, old, new)
+
+
+def _execute(cfg: RunConfig, out: Path, *, on_save: Callable[[Path], None] | None = None) -> str:
     """Train, resume or skip one run. Returns the action taken."""
     from groklab.train.loop import run_training
 
     if (out / CONFIG).is_file():
-        try:
-            old = config_to_dict(load_config(out / CONFIG))
-        except GroklabError as e:
-            raise RunDamagedError(
-                f"{str(e).removesuffix('.')}; the run's config.toml is damaged: restore it, or "
-                "delete the run directory to train the run again"
-            ) from None
-        new = config_to_dict(cfg)
-        if old != new:
-            raise different_run_error(out, old, new)
+        _check_same_run(cfg, out)
         if read_manifest(out).get("status") in DONE_STATUSES:
             from groklab.run import load_run
 
             load_run(out)  # a finished run counts only if its files are sound
             return "skipped"
-        run_training(cfg, out, resume=True, progress=False)
+        run_training(cfg, out, resume=True, progress=False, on_save=on_save)
         return "resumed"
-    run_training(cfg, out, progress=False)
+    run_training(cfg, out, progress=False, on_save=on_save)
     return "started"
 
 
@@ -83,8 +93,11 @@ def _run_one(
     analyses: Sequence[str],
     options: dict[str, dict[str, Any]],
     threads: int | None,
+    *,
+    on_save: Callable[[Path], None] | None = None,
 ) -> dict:
-    """Worker entry point (must stay importable for spawn and Ray)."""
+    """Worker entry point (must stay importable for spawn and Ray). ``on_save``: passed to
+    :func:`~groklab.train.loop.run_training` (see :mod:`groklab.sweep.delivery`)."""
     if threads:
         import torch
 
@@ -93,7 +106,7 @@ def _run_one(
     res: dict[str, Any] = {"out": str(path), "status": "failed", "error": None, "action": None}
     t0 = time.perf_counter()
     try:
-        res["action"] = _execute(cfg, path)
+        res["action"] = _execute(cfg, path, on_save=on_save)
         res["status"] = read_manifest(path).get("status", "failed")
     except GroklabError as e:
         res["error"] = str(e)

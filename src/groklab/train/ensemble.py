@@ -20,7 +20,7 @@ shapes the computation or its schedule and must be shared.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -93,6 +93,7 @@ def train_many(
     resume: bool = False,
     progress: bool = False,
     init_states: Sequence[dict[str, torch.Tensor] | None] | None = None,
+    on_save: Callable[[Path], None] | None = None,
 ) -> list[Run]:
     """Train the runs ``configs`` into ``outs`` as one batched computation.
 
@@ -102,6 +103,8 @@ def train_many(
         resume: continue the K runs from their saved states (all at the same step).
         progress: show one live progress bar for the stack.
         init_states: optional initial weights per run.
+        on_save: called with a run's directory after each of its full saves (see
+            :func:`~groklab.train.loop.run_training`).
 
     Returns:
         The K finished runs, in order.
@@ -121,5 +124,7 @@ def train_many(
 
         configs = [load_config(Path(o) / "config.toml") for o in outs]
     check_stackable(configs)
-    paths = train_stack(configs, outs, resume=resume, progress=progress, init_states=init_states)
+    paths = train_stack(
+        configs, outs, resume=resume, progress=progress, init_states=init_states, on_save=on_save
+    )
     return [Run(p) for p in paths]

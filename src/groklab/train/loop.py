@@ -33,7 +33,7 @@ import contextlib
 import math
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,7 @@ def run_training(
     resume: bool = False,
     progress: bool = True,
     init_state: dict[str, torch.Tensor] | None = None,
+    on_save: Callable[[Path], None] | None = None,
 ) -> Path:
     """Train ``config`` into the run directory ``out`` (or continue it with ``resume``).
 
@@ -90,6 +91,8 @@ def run_training(
         resume: continue the killed/stopped run in ``out`` from its latest full state.
         progress: show a live progress bar.
         init_state: optional initial weights (e.g. from another run's checkpoint).
+        on_save: called with the run directory after each full save (checkpoint, metrics
+            and resumable state written), e.g. to ship the new files elsewhere.
 
     Returns:
         The run directory.
@@ -100,6 +103,7 @@ def run_training(
         resume=resume,
         progress=progress,
         init_states=None if init_state is None else [init_state],
+        on_save=on_save,
     )[0]
 
 
@@ -110,12 +114,14 @@ def train_stack(
     resume: bool = False,
     progress: bool = True,
     init_states: Sequence[dict[str, torch.Tensor] | None] | None = None,
+    on_save: Callable[[Path], None] | None = None,
 ) -> list[Path]:
     """Train K runs of one shape as one batched computation (see ``ensemble.train_many``).
 
     The configs must agree on everything that shapes or schedules the computation; the
     caller checks that (``ensemble.check_stackable``). On resume each directory's own
-    config is used and every run must stand at the same step.
+    config is used and every run must stand at the same step. ``on_save``: see
+    :func:`run_training` (called once per run directory saved).
     """
     if len(configs) != len(outs):
         raise ConfigError(f"{len(configs)} configs for {len(outs)} run directories")
@@ -149,6 +155,7 @@ def train_stack(
             resume=resume,
             progress=progress,
             init_states=list(init_states) if init_states is not None else [None] * len(cfgs),
+            on_save=on_save,
         )
         return [s.path for s in stores]
     finally:
@@ -195,6 +202,7 @@ class _Loop:
     log_ckpts: Any = None
     n_done_seen: int = 0
     active: torch.Tensor | None = None  # [K] bool mask, once a model has finished
+    on_save: Callable[[Path], None] | None = None  # after each run's full save
 
     @property
     def loss_dtype(self) -> torch.dtype:
@@ -213,9 +221,11 @@ def _train(
     resume: bool,
     progress: bool,
     init_states: Sequence[dict[str, torch.Tensor] | None],
+    on_save: Callable[[Path], None] | None = None,
 ) -> None:
     """Set up (or resume) the stack, run the step loop, and mark every run's end."""
     lp = _set_up(stores, configs, tasks=tasks, resume=resume, init_states=init_states)
+    lp.on_save = on_save
     _start_manifests(lp, resume=resume)
     tc = lp.config.train
     lp.log_ckpts = _log_checkpoints(tc.steps, tc.checkpoint_every, tc.log_checkpoints)
@@ -493,6 +503,8 @@ def _checkpoint_and_stop(
         tensors, smeta = _state_tensors(lp.stack, k, lp.opt, lp.filt)
         m.store.write_metrics(m.rows)
         m.store.write_state(t, tensors, {**meta, **smeta})
+        if lp.on_save is not None:
+            lp.on_save(m.store.path)
         if last or k in stopping:
             _finish(lp, m, "completed", t)
 
