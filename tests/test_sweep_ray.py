@@ -37,7 +37,9 @@ def ray_gpu() -> Iterator[None]:
     """One local Ray instance for the module, with one logical GPU (no real one needed)."""
     try:
         # inside the try: a failed start still shuts down the processes it launched
-        ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False)
+        ray.init(
+            address="local", num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False
+        )
         yield
     finally:
         ray.shutdown()
