@@ -13,7 +13,7 @@ import pytest
 
 from groklab import sweep as sw
 from groklab.errors import ConfigError
-from groklab.sweep import bisection as sweep_bisection
+from groklab.sweep import executor as sweep_executor
 from groklab.sweep.bisection import bisect_search, seed_meets, value_generalises
 
 
@@ -265,7 +265,7 @@ def test_bisect_sweep_final_criterion_ignores_a_crossing_that_is_lost(
         return [0.1, 0.995 if v >= 0.3 else 0.5, 0.995 if v >= 0.6 else 0.8]
 
     fake, _ = _fake_executor(acc)
-    monkeypatch.setattr(sweep_bisection, "run_many", fake)
+    monkeypatch.setattr(sweep_executor, "run_many", fake)
     for criterion, critical in (("reached", 0.3), ("final", 0.6)):
         spec = sw.parse_spec(
             {
@@ -288,7 +288,7 @@ def test_bisect_sweep_final_criterion_ignores_a_crossing_that_is_lost(
 
 def test_bisect_sweep_on_a_log_scale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     fake, trained = _fake_executor(lambda v, s: [0.0, 1.0 if v >= 700 else 0.2])
-    monkeypatch.setattr(sweep_bisection, "run_many", fake)
+    monkeypatch.setattr(sweep_executor, "run_many", fake)
     spec = sw.parse_spec(
         {
             "seeds": [0],

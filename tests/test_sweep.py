@@ -24,6 +24,7 @@ from groklab.errors import ConfigError
 from groklab.store import read_manifest, writer_alive
 from groklab.studies import study_data
 from groklab.sweep import bisection as sweep_bisection
+from groklab.sweep import executor as sweep_executor
 
 TINY = """
 name = "tiny"
@@ -349,7 +350,7 @@ def test_bisection_finds_the_critical_value(
         return float(out.name.split("=")[1].split("__")[0]) >= 0.37
 
     # bisect_sweep looks both up in its own module, not in the package namespace
-    monkeypatch.setattr(sweep_bisection, "run_many", fake_run_many)
+    monkeypatch.setattr(sweep_executor, "run_many", fake_run_many)
     monkeypatch.setattr(sweep_bisection, "_generalised", fake_generalised)
     spec = sw.parse_spec(
         {
@@ -392,7 +393,7 @@ def test_bisection_verdict_is_a_majority_of_seeds_on_real_metrics(
             pd.DataFrame(metrics).to_parquet(o / "metrics.parquet")
         return [{"out": str(o), "status": "completed", "error": None} for o in outs]
 
-    monkeypatch.setattr(sweep_bisection, "run_many", fake_run_many)
+    monkeypatch.setattr(sweep_executor, "run_many", fake_run_many)
     spec = sw.parse_spec(
         {
             "seeds": [0, 1, 2],

@@ -26,7 +26,7 @@ import pandas as pd
 from groklab.errors import ConfigError
 from groklab.store import METRICS, atomic_write_text
 from groklab.sweep.analyses import _jsonable
-from groklab.sweep.executor import run_many
+from groklab.sweep.executor import run_spec_runs
 from groklab.sweep.spec import (
     BISECT_FILE,
     CRITERIA,
@@ -325,19 +325,17 @@ def bisect_sweep(
         new = [r for r in runs if r.name not in {k.name for k in known + all_runs}]
         all_runs.extend(new)
         _write_sweep_file(sweep_dir, spec, _merge_runs(known, all_runs))
-        run_many(
-            [r.config for r in runs],
-            [sweep_dir / r.name for r in runs],
+        run_spec_runs(
+            spec,
+            runs,
+            sweep_dir,
+            title=f"bisect {b.key} ∈ {values}",
             workers=workers,
             backend=backend,
             address=address,
             progress=progress,
-            analyses=spec.analyses,
-            analysis_options=spec.analysis_options,
             threads=threads,
             gpus_per_run=gpus_per_run,
-            stack=spec.stack,
-            title=f"bisect {b.key} ∈ {values}",
         )
         verdict = {}
         for v in values:

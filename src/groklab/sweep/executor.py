@@ -568,3 +568,27 @@ def run_many(
     finally:
         display.close()
     return [r for r in results if r is not None]
+
+
+def run_spec_runs(
+    spec: Any,
+    runs: Sequence[Any],
+    sweep_dir: Path,
+    *,
+    title: str,
+    labels: Sequence[str] | None = None,
+    **how: Any,
+) -> list[dict]:
+    r""":func:`run_many` of a spec's runs (``SweepRun``\ s) into ``sweep_dir/<name>``, with the
+    spec's analyses and its ``stack`` setting; ``how``: the executor's keywords (workers,
+    backend, address, progress, threads, gpus_per_run)."""
+    return run_many(
+        [r.config for r in runs],
+        [sweep_dir / r.name for r in runs],
+        analyses=spec.analyses,
+        analysis_options=spec.analysis_options,
+        stack=spec.stack,
+        labels=labels,
+        title=title,
+        **how,
+    )

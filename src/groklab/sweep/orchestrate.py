@@ -23,7 +23,7 @@ from groklab.errors import ConfigError, GroklabError, RunDamagedError, RunExists
 from groklab.store import CONFIG, METRICS, read_manifest, writer_alive
 from groklab.sweep.bisection import bisect_sweep
 from groklab.sweep.delivery import run_files_dir
-from groklab.sweep.executor import run_many
+from groklab.sweep.executor import run_spec_runs
 from groklab.sweep.spec import DONE_STATUSES, SWEEP_FILE, SweepRun, SweepSpec, expand
 from groklab.sweep.summary import _foreign, _read_run, summarize_sweep
 from groklab.sweep.sweepfile import (
@@ -156,20 +156,18 @@ def _run_sweep(
             prior = [_entry_to_run(e, spec) for e in old["runs"] if e["name"] in prior_names]
     # sweep.json lists every run of the spec, also when --only trains a few of them
     _write_sweep_file(sweep_dir, spec, _merge_runs(expand(spec), prior))
-    results = run_many(
-        [r.config for r in runs],
-        [sweep_dir / r.name for r in runs],
+    results = run_spec_runs(
+        spec,
+        runs,
+        sweep_dir,
+        title=spec.name,
+        labels=[r.name for r in runs],
         workers=workers,
         backend=backend,
         address=address,
         progress=progress,
-        analyses=spec.analyses,
-        analysis_options=spec.analysis_options,
         threads=threads,
         gpus_per_run=gpus_per_run,
-        stack=spec.stack,
-        labels=[r.name for r in runs],
-        title=spec.name,
     )
     bis = None
     if spec.bisect is not None and not only:

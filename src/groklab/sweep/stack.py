@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from groklab.config import RunConfig, config_hash, config_to_dict
-from groklab.errors import ConfigError, GroklabError
+from groklab.config import RunConfig, config_to_dict
+from groklab.errors import ConfigError
 from groklab.store import read_manifest
-from groklab.sweep.spec import DONE_STATUSES
-from groklab.sweep.worker import _run_analyses, _run_one
+from groklab.sweep.worker import _error_line, _finish_result, _ray_gpu_ids, _run_one
 
 #: The GPU memory a run is measured against (a typical 16 GiB card): the default stacking
 #: budget on CUDA, and the card :func:`groklab.sweep.executor.gpus_per_run_for` divides.
@@ -188,20 +185,10 @@ def _run_stack(
     error = None
     try:
         ensemble.train_many(list(configs), paths, progress=False, on_save=on_save)
-    except GroklabError as e:
-        error = str(e)
     except Exception as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-        error = f"{type(e).__name__}: {e}{where}".splitlines()[0]
+        error = _error_line(e).splitlines()[0]
     seconds = round((time.perf_counter() - t0) / len(paths), 3)
-    gpu_ids = None
-    ray = sys.modules.get("ray")  # on a Ray worker: the GPUs Ray gave this stack
-    if ray is not None and ray.is_initialized():
-        try:
-            gpu_ids = [str(g) for g in ray.get_gpu_ids()]
-        except Exception:
-            gpu_ids = None
+    gpu_ids = _ray_gpu_ids()  # on a Ray worker: the GPUs Ray gave this stack
     results = []
     for cfg, path in zip(configs, paths, strict=True):
         res: dict[str, Any] = {"out": str(path), "status": "failed", "error": error}
@@ -209,15 +196,7 @@ def _run_stack(
         if error is None:
             res["status"] = read_manifest(path).get("status", "failed")
         t1 = time.perf_counter()
-        if res["status"] in DONE_STATUSES and analyses:
-            try:
-                res["analyses"] = _run_analyses(path, analyses, options, config_hash(cfg))
-            except Exception as e:  # an analysis failure fails this run, not the stack
-                res["status"] = "failed"
-                res["error"] = f"analysis: {type(e).__name__}: {e}".splitlines()[0]
-        if res["status"] not in DONE_STATUSES and res["error"] is None:
-            res["error"] = f"run ended with status {res['status']!r}"
-            res["status"] = "failed"
+        _finish_result(res, cfg, path, analyses, options)
         res["seconds"] = round(seconds + time.perf_counter() - t1, 3)  # its share + analyses
         res["stack"] = len(paths)
         if gpu_ids is not None:

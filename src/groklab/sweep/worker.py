@@ -87,6 +87,48 @@ def _run_analyses(
     return results
 
 
+def _error_line(e: BaseException) -> str:
+    """A failure as the result's one-line error: a GroklabError's own text; anything else
+    with its type and where it was raised."""
+    if isinstance(e, GroklabError):
+        return str(e)
+    tb = traceback.extract_tb(e.__traceback__)
+    where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+    return f"{type(e).__name__}: {e}{where}"
+
+
+def _finish_result(
+    res: dict[str, Any],
+    cfg: RunConfig,
+    path: Path,
+    analyses: Sequence[str],
+    options: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """After training: the run's analyses when it finished (an analysis failure fails the
+    run, not the sweep), and a run that did not finish marked failed with a reason."""
+    if res["status"] in DONE_STATUSES and analyses:
+        try:
+            res["analyses"] = _run_analyses(path, analyses, options, config_hash(cfg))
+        except Exception as e:
+            res["status"] = "failed"
+            res["error"] = f"analysis: {type(e).__name__}: {e}".splitlines()[0]
+    if res["status"] not in DONE_STATUSES and res["error"] is None:
+        res["error"] = f"run ended with status {res['status']!r}"
+        res["status"] = "failed"
+    return res
+
+
+def _ray_gpu_ids() -> list[str] | None:
+    """On a Ray worker, the GPUs Ray gave this task; None elsewhere."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return None
+    try:
+        return [str(g) for g in ray.get_gpu_ids()]
+    except Exception:
+        return None
+
+
 def _run_one(
     cfg: RunConfig,
     out: str,
@@ -108,26 +150,13 @@ def _run_one(
     try:
         res["action"] = _execute(cfg, path, on_save=on_save)
         res["status"] = read_manifest(path).get("status", "failed")
-    except GroklabError as e:
-        res["error"] = str(e)
     except Exception as e:
-        tb = traceback.extract_tb(e.__traceback__)
-        where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
-        res["error"] = f"{type(e).__name__}: {e}{where}"
-    if res["status"] in DONE_STATUSES and analyses:
-        try:
-            res["analyses"] = _run_analyses(path, analyses, options, config_hash(cfg))
-        except Exception as e:  # an analysis failure fails this item, not the sweep
-            res["status"] = "failed"
-            res["error"] = f"analysis: {type(e).__name__}: {e}".splitlines()[0]
-    if res["status"] not in DONE_STATUSES and res["error"] is None:
-        res["error"] = f"run ended with status {res['status']!r}"
-        res["status"] = "failed"
+        res["error"] = _error_line(e)
+    _finish_result(res, cfg, path, analyses, options)
     res["seconds"] = round(time.perf_counter() - t0, 3)
-    ray = sys.modules.get("ray")  # on a Ray worker: the GPUs Ray gave this run
-    if ray is not None and ray.is_initialized():
-        with contextlib.suppress(Exception):
-            res["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+    gpu_ids = _ray_gpu_ids()
+    if gpu_ids is not None:
+        res["gpu_ids"] = gpu_ids
     return res
 
 
