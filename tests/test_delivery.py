@@ -151,7 +151,7 @@ def test_claim_moves_an_unfinished_run_and_refuses_others(tmp_path: Path) -> Non
     other = tmp_path / "b"
     run_training(CFG, other, progress=False)
     before = snapshot(other)
-    with pytest.raises(ConfigError, match="different run"):
+    with pytest.raises(RunExistsError, match="different run"):
         dl.claim(tiny_config(optim={"lr": 3e-3}), other)
     assert snapshot(other) == before
     # the run in both places: named, nothing moved

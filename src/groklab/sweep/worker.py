@@ -30,7 +30,7 @@ def _check_same_run(cfg: RunConfig, out: Path) -> None:
 
     Raises:
         RunDamagedError: the config.toml cannot be read.
-        ConfigError: it holds a different config (the first difference is named).
+        RunExistsError: it holds a different config (the first difference is named).
     """
     try:
         old = config_to_dict(load_config(out / CONFIG))
