@@ -146,7 +146,7 @@ class _Display:
             self._refresh()
 
     def _running(self) -> dict[int, tuple[int, int]]:
-        out = {}
+        found = {}
         for i, out in enumerate(self.outs):
             if i in self.finished:
                 continue
@@ -161,8 +161,8 @@ class _Display:
             total = 0
             with contextlib.suppress(Exception):
                 total = load_config(p / CONFIG).train.steps
-            out[i] = (step, total)
-        return out
+            found[i] = (step, total)
+        return found
 
     def _refresh(self) -> None:
         running = self._running()
