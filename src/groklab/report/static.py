@@ -9,7 +9,7 @@ write nothing, except :func:`save_figures` and :func:`draw_study_figures`.
 **Static export: plotly through kaleido, no second renderer.** A static file is the plotly
 figure exported by kaleido 1.x, which drives a local Chrome or Chromium. All the figures of
 one command go to :func:`~groklab.report.html.write_static` in one call, so the browser
-starts once per batch (about 3 s here) rather than once per figure. Without kaleido or a
+starts once per batch rather than once per figure (``benchmarks/bench_static.py`` times both). Without kaleido or a
 browser the export fails with one line, a :class:`~groklab.report.html.StaticExportError`
 that names what to install. There is no matplotlib fallback: a generic plotly → matplotlib
 converter would have to re-implement plotly's subplots, heatmaps, shapes and annotations and
