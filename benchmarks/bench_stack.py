@@ -10,7 +10,8 @@ after another), into fresh directories. The time is the whole ``run_many`` call 
 the tasks and models, evaluations, checkpoints, manifests), the median over ``--rounds``.
 Prints one JSON object: per K the model-steps per second of both, side by side, and their
 ratio (stacked / one job per run), with the load average before and after, since other work
-on the machine distorts the ratio. K = 1 is the control: a stack of one is a plain run.
+on the machine distorts the ratio. K = 1 is the control: a stack of one is a plain run. One
+untimed 2-step run first takes the imports and first kernels out of the first timed arm.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def main() -> None:
     load_before = os.getloadavg()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as tmp:
+        # warm-up (imports, first kernels), so the first timed arm does not pay for it
+        _seconds(_configs(1, 2, args.device), Path(tmp) / "warm-up", stack=False)
         for k in ks:
             configs = _configs(k, args.steps, args.device)
             alone, stacked = [], []
