@@ -717,3 +717,34 @@ def test_every_figure_function_is_used_by_a_writer():
     assert len(figure_functions) >= 20
     unused = [n for n in figure_functions if n not in used]
     assert not unused, f"figure functions no writer uses: {unused}"
+
+
+def test_progress_figure_has_the_per_frequency_and_sparsity_panels() -> None:
+    """The progress figure (report and `groklab analyze`) shows the excluded loss per key
+    frequency beside the train loss, and the Gini / fit / accuracy measures in [0, 1]."""
+    from groklab.report.collect.sections import progress_figures
+
+    st = np.arange(0, 1000, 100)
+    df = pd.DataFrame(
+        {
+            "step": st,
+            "add/train_loss": np.exp(-st / 300) + 1e-3,
+            "add/test_loss": np.exp(-st / 500) + 1e-2,
+            "add/excluded_loss": np.ones(10),
+            "add/excluded_loss/k3": np.full(10, 2.0),
+            "add/excluded_loss/k17": np.full(10, 3.0),
+            "add/gini_W_E": np.linspace(0, 1, 10),
+            "add/test_acc": np.linspace(0, 1, 10),
+            "sumsq/total": np.linspace(5, 1, 10),
+        }
+    )
+    fig = progress_figures(df, ["add"])[""]
+    by_name = {t.name: t for t in fig.data}
+    # per-frequency panel: sorted by frequency, with the train loss as the reference
+    assert [n for n in by_name if n.startswith("excluding")] == ["excluding 3", "excluding 17"]
+    assert by_name["excluding 3"].xaxis == by_name["add/train_loss (reference)"].xaxis != "x"
+    assert by_name["Gini of W_E Fourier norms"].yaxis == by_name["test accuracy"].yaxis
+    assert by_name["sumsq/total"].yaxis not in {by_name["excluding 3"].yaxis, "y"}
+    # without those columns: the two-panel figure (losses, weights)
+    plain = progress_figures(df[["step", "add/train_loss", "sumsq/total"]], ["add"])[""]
+    assert [t.name for t in plain.data] == ["add/train_loss", "sumsq/total"]

@@ -279,9 +279,20 @@ def progress_figures(
         cols = [
             f"{pre}{c}" for c in ("train_loss", "test_loss", "restricted_loss", "excluded_loss")
         ]
+        excl = f"{pre}excluded_loss/k"
+        freqs = sorted(
+            int(c[len(excl) :]) for c in progress if c.startswith(excl) and c[len(excl) :].isdigit()
+        )
         fig = F.progress_measures(
             progress,
             loss_columns=cols,
+            freq_columns={f"excluding {k}": f"{excl}{k}" for k in freqs},
+            fraction_columns={
+                "Gini of W_E Fourier norms": f"{pre}gini_W_E",
+                "Gini of W_L Fourier norms": f"{pre}gini_W_L",
+                "logit fit: variance explained": f"{pre}logit_fve",
+                "test accuracy": f"{pre}test_acc",
+            },
             weight_column="sumsq/total" if "sumsq/total" in progress else None,
             bands=phase_bands(phases),
             grokking_step=(getattr(phases, "grokking_step_by_op", None) or {}).get(op)

@@ -10,6 +10,7 @@ module computed and cached; none computes them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,31 +39,76 @@ def progress_measures(
     bands: Sequence[Band] = (),
     grokking_step: int | None = None,
     max_points: int = DEFAULT_MAX_POINTS,
+    freq_columns: Mapping[str, str] | None = None,
+    fraction_columns: Mapping[str, str] | None = None,
 ) -> go.Figure:
     """Progress measures over checkpoints with the training phases as shaded bands.
 
-    Top: the losses (train, test, restricted, excluded, ...) on a log axis; bottom, when
-    ``weight_column`` is given: the sum of squared weights. Linear step axis, as in
-    Nanda et al. (2023), so the phases' lengths compare by eye.
+    Panels: the losses (train, test, restricted, excluded, ...) on a log axis; when
+    ``weight_column`` is given, the sum of squared weights; when ``freq_columns`` is given,
+    the excluded loss per key frequency (beside the first loss column, the train loss); when
+    ``fraction_columns`` is given, measures in [0, 1] (Gini of the Fourier norms, the logit
+    fit's variance explained, test accuracy). With the last two the panels form a 2 × 2 grid
+    (losses, per-frequency | weights, fractions). Linear step axis, as in Nanda et al. (2023),
+    so the phases' lengths compare by eye.
 
     Args:
         progress: one row per analysed checkpoint, a ``step`` column and the named columns.
-        loss_columns: the columns to draw in the top panel (legend = column name).
-        weight_column: the column for the bottom panel (e.g. ``sumsq/total``).
+        loss_columns: the columns to draw in the losses panel (legend = column name).
+        weight_column: the column of the weights panel (e.g. ``sumsq/total``).
         bands: phases ``(name, start, end)``; ``end=None`` runs to the last step.
         grokking_step: drawn as a dashed vertical line.
         max_points: most points per trace.
+        freq_columns: legend label → column of the excluded loss without that frequency.
+        fraction_columns: legend label → column of a measure in [0, 1].
     """
-    rows = 2 if weight_column else 1
-    fig = make_subplots(
-        rows=rows,
-        cols=1,
-        shared_xaxes=True,
-        vertical_spacing=0.06,
-        row_heights=[0.68, 0.32] if rows == 2 else [1.0],
-    )
+    freq = {k: c for k, c in (freq_columns or {}).items() if c in progress}
+    frac = {k: c for k, c in (fraction_columns or {}).items() if c in progress}
+    grid = bool(freq or frac)
+    has_w = bool(weight_column and weight_column in progress)
+    if grid:
+        fig = make_subplots(
+            rows=2,
+            cols=2,
+            shared_xaxes=True,
+            vertical_spacing=0.1,
+            horizontal_spacing=0.08,
+            subplot_titles=(
+                "losses",
+                "excluded loss per key frequency (train)",
+                "sum of squared weights",
+                "sparsity and fit",
+            ),
+        )
+        at = {"loss": (1, 1), "freq": (1, 2), "w": (2, 1), "frac": (2, 2)}
+    else:
+        rows = 2 if weight_column else 1
+        fig = make_subplots(
+            rows=rows,
+            cols=1,
+            shared_xaxes=True,
+            vertical_spacing=0.06,
+            row_heights=[0.68, 0.32] if rows == 2 else [1.0],
+        )
+        at = {"loss": (1, 1), "w": (2, 1)}
     steps = progress["step"].to_numpy(dtype=float)
     idx = thin_indices(steps, max_points)
+
+    def line(panel: str, col: str, name: str, colour: str, width: float = 2, **kw: Any) -> None:
+        r, c = at[panel]
+        fig.add_trace(
+            go.Scatter(
+                x=steps[idx],
+                y=_f32(progress[col].to_numpy(float)[idx]),
+                mode="lines",
+                name=name,
+                line={"color": colour, "width": width, **kw},
+                hovertemplate=f"{name}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>",
+            ),
+            row=r,
+            col=c,
+        )
+
     for i, c in enumerate(loss_columns):
         if c not in progress:
             continue
@@ -73,38 +119,32 @@ def progress_measures(
             if c.startswith("test") or c.endswith("test_loss")
             else _CYCLE[i % len(_CYCLE)]
         )
-        fig.add_trace(
-            go.Scatter(
-                x=steps[idx],
-                y=_f32(progress[c].to_numpy(float)[idx]),
-                mode="lines",
-                name=c,
-                line={"color": colour, "width": 2},
-                hovertemplate=f"{c}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>",
-            ),
-            row=1,
-            col=1,
-        )
-    if weight_column and weight_column in progress:
-        fig.add_trace(
-            go.Scatter(
-                x=steps[idx],
-                y=_f32(progress[weight_column].to_numpy(float)[idx]),
-                mode="lines",
-                name=weight_column,
-                line={"color": "#111", "width": 2},
-                hovertemplate=f"{weight_column}<br>step %{{x}}<br>%{{y:.4g}}<extra></extra>",
-            ),
-            row=2,
-            col=1,
-        )
-        fig.update_yaxes(title="Σ w²", row=2, col=1)
+        line("loss", c, c, colour)
+    if has_w:
+        line("w", weight_column, weight_column, "#111")
+        fig.update_yaxes(title="Σ w²", row=at["w"][0], col=at["w"][1])
+    if freq:
+        first = next((c for c in loss_columns if c in progress), None)
+        if first is not None:
+            line("freq", first, f"{first} (reference)", "#111", 1.5)
+        for j, (label, c) in enumerate(freq.items()):
+            line("freq", c, label, _CYCLE[j % len(_CYCLE)], 1)
+        fig.update_yaxes(type="log", exponentformat="power", row=1, col=2)
+    for j, (label, c) in enumerate(frac.items()):
+        line("frac", c, label, _CYCLE[(j + 3) % len(_CYCLE)], 1.5)
+    if frac:
+        fig.update_yaxes(range=[-0.02, 1.02], row=2, col=2)
     x_max = float(steps.max()) if len(steps) else 0.0
-    _add_bands(fig, bands, x_max, row="all", col=1)
+    _add_bands(fig, bands, x_max, row="all", col="all" if grid else 1)
     _mark_steps(fig, {"grokked": grokking_step}, log_x=False)
-    _layout(fig, title="Progress measures and phases", height=620, hovermode="x unified")
+    _layout(
+        fig,
+        title="Progress measures and phases",
+        height=720 if grid else 620,
+        hovermode="x unified",
+    )
     fig.update_yaxes(type="log", title="loss", exponentformat="power", row=1, col=1)
-    fig.update_xaxes(title="step", row=rows, col=1)
+    fig.update_xaxes(title="step", row=2 if (grid or weight_column) else 1)
     return fig
 
 
