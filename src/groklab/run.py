@@ -87,8 +87,8 @@ def select_steps(
     if spacing is not None and every < spacing:
         raise ConfigError(
             f"--every={every} is not allowed: --every N takes the checkpoints at multiples of N "
-            f"steps, and these are saved every {spacing} steps; for every {every}-th "
-            f"checkpoint give --every {every * spacing}"
+            f"steps, and these are saved every {spacing} steps; for one checkpoint in {every} "
+            f"give --every {every * spacing}"
         )
     out = {s for s in avail if s % every == 0}
     if avail:
