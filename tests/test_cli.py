@@ -19,6 +19,7 @@ from groklab.config import config_hash, save_config
 from groklab.run import load_run
 from groklab.store import RunStore
 from groklab.train import loop
+from helpers.interrupt import ctrl_c_at
 
 
 @pytest.fixture
@@ -179,19 +180,10 @@ def test_non_empty_directory_without_a_run(cli, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def interrupted_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def interrupted_run(tmp_path: Path) -> Path:
     """A run stopped by Ctrl-C at step 17 (status interrupted, state at step 10)."""
-    real = loop.lr_at
-
-    def lr_at(t, cfg):
-        if t == 17:
-            raise KeyboardInterrupt
-        return real(t, cfg)
-
-    monkeypatch.setattr(loop, "lr_at", lr_at)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(17), pytest.raises(KeyboardInterrupt):
         loop.run_training(tiny_config(), tmp_path / "run", progress=False)
-    monkeypatch.undo()
     return tmp_path / "run"
 
 

@@ -28,6 +28,7 @@ from groklab.errors import RunDamagedError
 from groklab.run import load_run
 from groklab.store import RunStore, load_checkpoint
 from groklab.train import loop
+from helpers.interrupt import ctrl_c_at
 
 STEPS = 30  # eval every 5, checkpoints at 0, 10, 20, 30
 
@@ -38,20 +39,8 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("made")
     cfg = tiny_config(train={"steps": STEPS})
     loop.run_training(cfg, root / "done", progress=False)
-    mp = pytest.MonkeyPatch()
-    real = loop.lr_at
-
-    def lr_at(t: int, c: object) -> float:
-        if t == 23:
-            raise KeyboardInterrupt
-        return real(t, c)
-
-    mp.setattr(loop, "lr_at", lr_at)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            loop.run_training(cfg, root / "killed", progress=False)
-    finally:
-        mp.undo()
+    with ctrl_c_at(23), pytest.raises(KeyboardInterrupt):
+        loop.run_training(cfg, root / "killed", progress=False)
     return {"done": root / "done", "killed": root / "killed"}
 
 

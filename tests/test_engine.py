@@ -13,9 +13,9 @@ from conftest import assert_close, tiny_config
 from groklab.config import ModelConfig, OptimConfig
 from groklab.models.transformer import Transformer, stacked_forward
 from groklab.run import load_run
-from groklab.train import loop
 from groklab.train.loop import run_training
 from groklab.train.optim import make_optimizer
+from helpers.interrupt import ctrl_c_at
 
 SMALL = {"d_model": 16, "n_heads": 2, "d_head": 8, "d_mlp": 32}
 
@@ -104,20 +104,11 @@ def test_stack_of_models_equals_each_model() -> None:
     assert_close(shared[2], models[2](tokens[0], n_scored=1), rtol=2e-5, atol=2e-5)
 
 
-def test_resumed_run_is_bit_identical(tmp_path, monkeypatch) -> None:
+def test_resumed_run_is_bit_identical(tmp_path) -> None:
     cfg = tiny_config(optim={"grokfast": "ema"})
     whole = load_run(run_training(cfg, tmp_path / "whole", progress=False))
-    real = loop.lr_at
-
-    def dies_at_23(step, c):
-        if step == 23:
-            raise KeyboardInterrupt
-        return real(step, c)
-
-    monkeypatch.setattr(loop, "lr_at", dies_at_23)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(23), pytest.raises(KeyboardInterrupt):
         run_training(cfg, tmp_path / "killed", progress=False)
-    monkeypatch.setattr(loop, "lr_at", real)
     resumed = load_run(run_training(cfg, tmp_path / "killed", resume=True, progress=False))
     assert resumed.manifest["resumed_from_step"] == 20
     assert whole.metrics.equals(resumed.metrics)

@@ -17,6 +17,7 @@ from groklab.run import load_run
 from groklab.train import loop
 from groklab.train.ensemble import check_stackable, seed_configs, train_many
 from groklab.train.loop import run_training
+from helpers.interrupt import ctrl_c_at
 
 
 def _configs(k: int = 3, *, seeds: list[int] | None = None, **kw) -> list[RunConfig]:
@@ -201,22 +202,13 @@ def test_the_cases_have_ten_times_the_margin(tmp_path, seeds: list[int], kw: dic
         _assert_same_run(f32, f64, tol=TOL / 10)
 
 
-def test_killed_stack_resumes_to_the_same_end(tmp_path, monkeypatch) -> None:
+def test_killed_stack_resumes_to_the_same_end(tmp_path) -> None:
     cfgs = _configs(2, optim={"grokfast": "ma", "grokfast_window": 3})
     whole = train_many(cfgs, [tmp_path / f"w{i}" for i in range(2)])
-    real_lr_at = loop.lr_at
-
-    def dies_at_17(step, cfg):
-        if step == 17:
-            raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    monkeypatch.setattr(loop, "lr_at", dies_at_17)
     outs = [tmp_path / f"k{i}" for i in range(2)]
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(17), pytest.raises(KeyboardInterrupt):
         train_many(cfgs, outs)
     assert json.loads((outs[0] / "manifest.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(loop, "lr_at", real_lr_at)
     resumed = train_many(cfgs, outs, resume=True)
     for a, b in zip(whole, resumed, strict=True):
         assert a.metrics.equals(b.metrics)

@@ -13,7 +13,8 @@ from groklab.errors import ConfigError
 from groklab.run import load_run
 from groklab.sweep import run_many
 from groklab.sweep import stack as sweep_stack
-from groklab.train import ensemble, loop
+from groklab.train import ensemble
+from helpers.interrupt import ctrl_c_at
 from test_ensemble import _assert_same_run
 
 
@@ -110,22 +111,13 @@ def test_only_same_shape_runs_stack(tmp_path: Path) -> None:
 
 
 def test_done_runs_are_skipped_and_a_killed_run_resumes_alone(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stacks: list[int]
+    tmp_path: Path, stacks: list[int]
 ) -> None:
     cfgs = _seeds(4)
     outs = [tmp_path / f"r{i}" for i in range(4)]
     run_many(cfgs[:1], outs[:1], progress=False)  # r0 completed
-    real_lr_at = loop.lr_at
-
-    def dies_at_12(step, cfg):
-        if step == 12:
-            raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    monkeypatch.setattr(loop, "lr_at", dies_at_12)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(12), pytest.raises(KeyboardInterrupt):
         run_many(cfgs[1:2], outs[1:2], progress=False)  # r1 killed at step 12
-    monkeypatch.setattr(loop, "lr_at", real_lr_at)
     assert _manifest(outs[1])["status"] == "interrupted"
     res = run_many(cfgs, outs, progress=False, stack=True)
     assert [r["action"] for r in res] == ["skipped", "resumed", "started", "started"]
@@ -268,22 +260,11 @@ def test_the_spec_key_and_the_cli_flag(tmp_path: Path) -> None:
         assert stacked(out) == expect, (key, flag)
 
 
-def test_a_stack_retried_after_its_process_died_resumes_run_by_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_stack_retried_after_its_process_died_resumes_run_by_run(tmp_path: Path) -> None:
     cfgs = _seeds(2)
     outs = [tmp_path / f"r{i}" for i in range(2)]
-    real_lr_at = loop.lr_at
-
-    def dies_at_12(step, cfg):
-        if step == 12:
-            raise KeyboardInterrupt
-        return real_lr_at(step, cfg)
-
-    monkeypatch.setattr(loop, "lr_at", dies_at_12)
-    with pytest.raises(KeyboardInterrupt):
+    with ctrl_c_at(12), pytest.raises(KeyboardInterrupt):
         sweep_stack._run_stack(cfgs, [str(o) for o in outs], (), {}, None)
-    monkeypatch.setattr(loop, "lr_at", real_lr_at)
     res = sweep_stack._run_stack(cfgs, [str(o) for o in outs], (), {}, None)  # the retry
     assert [(r["action"], r["status"]) for r in res] == [("resumed", "completed")] * 2
     assert [_manifest(o)["final_step"] for o in outs] == [20, 20]

@@ -23,6 +23,7 @@ from groklab.cli import app
 from groklab.config import save_config
 from groklab.run import load_run
 from groklab.train import loop
+from helpers.interrupt import ctrl_c_at
 from helpers.locks import lock_held_by_another_process
 
 SMALL = ("--set", "train.steps=20")
@@ -251,24 +252,14 @@ def test_diverged_run_exits_1(work: Path) -> None:
     assert load_run(work / "div").status == "diverged"
 
 
-def test_ctrl_c_is_recorded_interrupted_and_exits_130(
-    work: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = loop.lr_at
-
-    def lr_at(t, cfg):
-        if t == 17:
-            raise KeyboardInterrupt
-        return real(t, cfg)
-
-    monkeypatch.setattr(loop, "lr_at", lr_at)
-    result = invoke("train", "--config", "myrun.toml", "--out", "killed", "-q")
+def test_ctrl_c_is_recorded_interrupted_and_exits_130(work: Path) -> None:
+    with ctrl_c_at(17):
+        result = invoke("train", "--config", "myrun.toml", "--out", "killed", "-q")
     assert result.exit_code == 130, result.output
     line = one_line(result, 130, "interrupted", "--resume killed")
     assert "error" not in line
     run = load_run(work / "killed")
     assert run.status == "interrupted" and run.checkpoint_steps[-1] == 10
-    monkeypatch.setattr(loop, "lr_at", real)
     result = invoke("train", "--resume", "killed", "-q")
     assert result.exit_code == 0, result.output
     assert load_run(work / "killed").status == "completed"
@@ -297,14 +288,8 @@ def _no_temp_files(root: Path) -> None:
 
 
 def test_full_disk_on_resume_damages_nothing(work: Path, monkeypatch) -> None:
-    real = loop.lr_at
-    monkeypatch.setattr(
-        loop,
-        "lr_at",
-        lambda t, c: (_ for _ in ()).throw(KeyboardInterrupt) if t == 17 else real(t, c),
-    )
-    invoke("train", "--config", "myrun.toml", "--out", "killed", "-q")
-    monkeypatch.setattr(loop, "lr_at", real)
+    with ctrl_c_at(17):
+        invoke("train", "--config", "myrun.toml", "--out", "killed", "-q")
     before = snapshot(work.parent)
     _disk_full_after(monkeypatch, 0)
     result = invoke("train", "--resume", "killed", "-q")
